@@ -1,0 +1,39 @@
+"""fewcore: few-shot learning for PyTorch, with fused compiled kernels and a plugin ecosystem."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from fewcore._plugins import (
+    Component,
+    PluginLoadError,
+    Registry,
+    RegistryError,
+    create,
+    list_components,
+    registry,
+)
+from fewcore._types import Backbone, Episode, EpisodeSampler, FewShotDataset, Learner, LearnerOutput
+from fewcore.hookspecs import hookimpl
+
+try:
+    __version__ = version("fewcore")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "Backbone",
+    "Component",
+    "Episode",
+    "EpisodeSampler",
+    "FewShotDataset",
+    "Learner",
+    "LearnerOutput",
+    "PluginLoadError",
+    "Registry",
+    "RegistryError",
+    "create",
+    "hookimpl",
+    "list_components",
+    "registry",
+]

@@ -1,0 +1,115 @@
+"""The typed objects that flow between components: episodes, learner outputs, base classes."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, fields
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class Episode:
+    """A meta-batch of B N-way K-shot tasks with Q queries per class.
+
+    Attributes:
+        support_x: ``[B, N*K, *item_shape]`` support items.
+        support_y: ``[B, N*K]`` int64 labels in ``0..N-1``, in shuffled order (never positional).
+        query_x: ``[B, N*Q, *item_shape]`` query items.
+        query_y: ``[B, N*Q]`` int64 labels in ``0..N-1``.
+        n_way: N, classes per task.
+        k_shot: K, support items per class.
+    """
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+    n_way: int
+    k_shot: int
+
+    @property
+    def batch_size(self) -> int:
+        """B, the number of tasks."""
+        return self.support_x.shape[0]
+
+    @property
+    def q_query(self) -> int:
+        """Q, query items per class."""
+        return self.query_x.shape[1] // self.n_way
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Episode:
+        """The same episode with every tensor on ``device``."""
+        moved: dict[str, Any] = {
+            f.name: (v.to(device, non_blocking=non_blocking) if isinstance(v, Tensor) else v)
+            for f in fields(self)
+            for v in [getattr(self, f.name)]
+        }
+        return Episode(**moved)
+
+
+@dataclass(frozen=True)
+class LearnerOutput:
+    """What a learner returns for an episode batch.
+
+    Attributes:
+        logits: ``[B, N*Q, N]`` class scores for every query.
+        loss: scalar training loss.
+    """
+
+    logits: Tensor
+    loss: Tensor
+
+
+class Backbone(nn.Module, abc.ABC):
+    """Maps ``[batch, *input_shape]`` inputs to ``[batch, E]`` embeddings."""
+
+    @abc.abstractmethod
+    def embedding_size(self, input_shape: tuple[int, ...]) -> int:
+        """E, the embedding size for inputs of shape ``input_shape`` (without the batch dim)."""
+
+
+class Learner(nn.Module, abc.ABC):
+    """A few-shot method: an episode batch in, query logits and a loss out."""
+
+    @abc.abstractmethod
+    def forward(self, episode: Episode) -> LearnerOutput:
+        """Query logits ``[B, N*Q, N]`` and the loss for ``episode``."""
+
+    @abc.abstractmethod
+    def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
+        """Class scores ``[B, Nq, N]`` for queries ``[B, Nq, ...]`` given a labelled support set
+        ``[B, Ns, ...]`` / ``[B, Ns]`` (labels ``0..N-1``); higher means more likely."""
+
+
+class FewShotDataset(abc.ABC):
+    """Maps class → items and knows its class splits."""
+
+    @property
+    @abc.abstractmethod
+    def item_shape(self) -> tuple[int, ...]:
+        """Shape of one item, e.g. ``(1, 28, 28)``."""
+
+    @abc.abstractmethod
+    def classes(self, split: str) -> list[str]:
+        """Class names of ``split`` (``"train"``, ``"val"`` or ``"test"``); splits are disjoint."""
+
+    @abc.abstractmethod
+    def items(self, class_name: str) -> Tensor:
+        """All items of one class, ``[n_items, *item_shape]`` float32."""
+
+
+class EpisodeSampler(abc.ABC):
+    """Yields :class:`Episode` batches; deterministic for a seed, resumable from its state."""
+
+    @abc.abstractmethod
+    def __iter__(self) -> Iterator[Episode]: ...
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """The position in the episode stream (to resume exactly where a run stopped)."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...

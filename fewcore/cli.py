@@ -1,0 +1,102 @@
+"""The ``fewcore`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from typing import Sequence
+
+import torch
+
+import fewcore
+from fewcore import _extension
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    components = fewcore.registry().components()
+    records = [
+        {
+            "kind": c.kind,
+            "name": c.name,
+            "plugin": c.plugin.name,
+            "distribution": c.plugin.distribution,
+            "version": c.plugin.version,
+        }
+        for c in components
+    ]
+    if args.json:
+        print(json.dumps(records, indent=2))
+    else:
+        header = ["kind", "name", "plugin", "distribution", "version"]
+        print(_table([[r[h] for h in header] for r in records], header))
+    return 0
+
+
+def info() -> dict[str, object]:
+    """Versions, the active op implementation, the compiled kernels and the visible devices."""
+    build = _extension.build_info()
+    error = _extension.load_error()
+    devices = ["cpu"] + [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    return {
+        "fewcore": fewcore.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "ops": _extension.active_implementation(),
+        "extension_loaded": error is None,
+        "extension_error": None if error is None else f"{type(error).__name__}: {error}",
+        "built_for_torch": build.get("torch"),
+        "cuda_kernels": bool(build.get("with_cuda")),
+        "cuda_arch_list": build.get("cuda_arch_list") or None,
+        "cpu_threads": torch.get_num_threads(),
+        "devices": devices,
+    }
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    data = info()
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        width = max(len(k) for k in data)
+        for key, value in data.items():
+            shown = ", ".join(value) if isinstance(value, list) else value
+            print(f"{key.ljust(width)}  {shown}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fewcore", description="Few-shot learning with fused kernels and plugins.")
+    parser.add_argument("--version", action="version", version=f"fewcore {fewcore.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    plugins = commands.add_parser("plugins", help="list every registered component")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.set_defaults(func=_cmd_plugins)
+
+    info_cmd = commands.add_parser("info", help="versions, active ops, compiled kernels, devices")
+    info_cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    info_cmd.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (fewcore.PluginLoadError, fewcore.RegistryError, _extension.ExtensionNotAvailable) as exc:
+        print(f"fewcore: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

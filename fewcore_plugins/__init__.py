@@ -1,0 +1,1 @@
+"""fewcore's built-in plugins: backbones, samplers, learners and datasets."""

@@ -1,0 +1,11 @@
+"""Built-in learners, registered through the `fewcore` entry-point group like any third party's."""
+
+from __future__ import annotations
+
+from fewcore import hookimpl
+from fewcore.hookspecs import Register
+
+
+@hookimpl
+def fewcore_register_learners(register: Register) -> None:
+    pass
