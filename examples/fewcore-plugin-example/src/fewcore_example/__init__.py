@@ -1,0 +1,1 @@
+"""An example fewcore plugin: the ``flat-linear`` backbone and the ``nearest-neighbour`` learner."""
