@@ -70,6 +70,18 @@ class Backbone(nn.Module, abc.ABC):
     def embedding_size(self, input_shape: tuple[int, ...]) -> int:
         """E, the embedding size for inputs of shape ``input_shape`` (without the batch dim)."""
 
+    @property
+    def example_input_shape(self) -> tuple[int, ...]:
+        """An input shape (without the batch dim) this backbone accepts as built, e.g. ``(1, 28, 28)``.
+
+        The registry-driven conformance checks (:mod:`fewcore.testing`) feed inputs of this shape;
+        override it so that a registered backbone can be tested without configuration.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not declare example_input_shape; override the property "
+            "to return an input shape (without the batch dim) it accepts as built"
+        )
+
 
 class Learner(nn.Module, abc.ABC):
     """A few-shot method: an episode batch in, query logits and a loss out."""

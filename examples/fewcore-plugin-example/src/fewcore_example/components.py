@@ -43,6 +43,11 @@ class FlatLinear(fewcore.Backbone):
             )
         return self.linear.out_features
 
+    @property
+    def example_input_shape(self) -> tuple[int, ...]:
+        """A flat vector of ``in_features`` values (fewcore's conformance checks feed it)."""
+        return (self.linear.in_features,)
+
 
 class NearestNeighbour(fewcore.Learner):
     """Scores classes by the distance from each query to its nearest support item of that class.
