@@ -1,0 +1,104 @@
+"""Input checks and embedding helpers shared by the built-in metric-based learners."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fewcore import Episode
+
+
+def check_task_batch(support_x: Tensor, support_y: Tensor, query_x: Tensor, n_way: int | None = None) -> int:
+    """Validate a batch of labelled support sets and queries; return N, the number of classes.
+
+    Args:
+        support_x: ``[B, Ns, *item_shape]`` support items.
+        support_y: ``[B, Ns]`` integer labels in ``0..N-1``, in any order.
+        query_x: ``[B, Nq, *item_shape]`` query items.
+        n_way: N when known (``episode.n_way``); otherwise ``max(support_y) + 1``.
+
+    Returns:
+        N. Every class ``0..N-1`` has at least one support item in every task.
+
+    Raises:
+        ValueError: the shapes disagree, a label is out of range, or a class has no support item.
+    """
+    if support_x.dim() < 3 or query_x.dim() < 3:
+        raise ValueError(
+            "expected batched tasks support_x [B, Ns, *item_shape] and query_x [B, Nq, *item_shape]; "
+            f"got support_x {tuple(support_x.shape)} and query_x {tuple(query_x.shape)}"
+        )
+    if support_y.shape != support_x.shape[:2]:
+        raise ValueError(
+            f"support_y must be [B, Ns] = {tuple(support_x.shape[:2])} to match support_x "
+            f"{tuple(support_x.shape)}; got {tuple(support_y.shape)}"
+        )
+    if query_x.shape[0] != support_x.shape[0] or query_x.shape[2:] != support_x.shape[2:]:
+        raise ValueError(
+            f"query_x {tuple(query_x.shape)} must hold the same number of tasks and the same item shape "
+            f"as support_x {tuple(support_x.shape)}"
+        )
+    if support_y.dtype.is_floating_point or support_y.dtype == torch.bool:
+        raise ValueError(f"support_y must hold integer class labels; got dtype {support_y.dtype}")
+    if support_y.numel() == 0:
+        raise ValueError("the support set is empty")
+    lowest, highest = int(support_y.min()), int(support_y.max())
+    if n_way is None:
+        n_way = highest + 1
+    if lowest < 0 or highest >= n_way:
+        raise ValueError(f"support labels must lie in 0..{n_way - 1} (n_way={n_way}); got labels {lowest}..{highest}")
+    counts = class_one_hot(support_y, n_way).sum(dim=1)  # [B, N]
+    empty = (counts == 0).nonzero()
+    if len(empty):
+        task, label = (int(i) for i in empty[0])
+        raise ValueError(
+            f"class {label} has no support item in task {task}; every class 0..{n_way - 1} needs at least one"
+        )
+    return n_way
+
+
+def check_episode(episode: Episode) -> int:
+    """:func:`check_task_batch` for an episode, plus its query labels; returns ``episode.n_way``."""
+    n_way = check_task_batch(episode.support_x, episode.support_y, episode.query_x, episode.n_way)
+    if episode.query_y.shape != episode.query_x.shape[:2]:
+        raise ValueError(
+            f"query_y must be [B, Nq] = {tuple(episode.query_x.shape[:2])}; got {tuple(episode.query_y.shape)}"
+        )
+    if episode.query_y.numel() and (int(episode.query_y.min()) < 0 or int(episode.query_y.max()) >= n_way):
+        raise ValueError(
+            f"query labels must lie in 0..{n_way - 1} (n_way={n_way}); "
+            f"got {int(episode.query_y.min())}..{int(episode.query_y.max())}"
+        )
+    return n_way
+
+
+def class_one_hot(labels: Tensor, n_way: int) -> Tensor:
+    """``[B, M]`` labels → ``[B, M, N]`` float one-hot rows (the label → class assignment matrix)."""
+    return F.one_hot(labels.long(), n_way).float()
+
+
+def embed_tasks(backbone: nn.Module, support_x: Tensor, query_x: Tensor) -> tuple[Tensor, Tensor]:
+    """Embed support and query items of every task in one backbone call.
+
+    One call (rather than one per set) puts support and query items in the same batch-norm batch,
+    as in the reference implementations, and costs one launch sequence instead of two.
+
+    Args:
+        backbone: maps ``[n, *item_shape]`` to ``[n, D]``.
+        support_x: ``[B, Ns, *item_shape]``.
+        query_x: ``[B, Nq, *item_shape]``.
+
+    Returns:
+        ``([B, Ns, D], [B, Nq, D])`` embeddings.
+    """
+    batch, n_support = support_x.shape[:2]
+    items = torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)])
+    embeddings = backbone(items)
+    if embeddings.dim() != 2 or embeddings.shape[0] != items.shape[0]:
+        raise ValueError(
+            f"the backbone must map [n, *item_shape] to [n, D] embeddings; it mapped {tuple(items.shape)} "
+            f"to {tuple(embeddings.shape)}"
+        )
+    embeddings = embeddings.view(batch, -1, embeddings.shape[-1])
+    return embeddings[:, :n_support], embeddings[:, n_support:]
