@@ -1,0 +1,378 @@
+"""Meta-training: episodes → learner → loss → optimizer, with validation, checkpoints and logs.
+
+Exact resume: everything that decides what happens next — model, optimizer, LR schedule, every
+global RNG state and the sampler's position — is in ``last.pt``, written atomically every
+``train.checkpoint_every`` steps. A run killed at any point and resumed from its last checkpoint
+replays the lost steps identically, so it ends with the same weights, bit for bit, as a run that
+never stopped. Validation runs with the RNG states saved and restored, so it does not perturb
+training either.
+
+Distributed: under ``torchrun`` (or with a process group already initialised) each rank draws
+different episodes (sampler seed ``train.seed + rank``), gradients are averaged over ranks after
+every backward, and only rank 0 validates and writes checkpoints and logs. Every rank's RNG and
+sampler states are gathered into the checkpoint, so a distributed run resumes exactly too (with
+the same number of processes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from fewcore.config import Config, ConfigError, parse_setting
+from fewcore.engine._build import (
+    build_dataset,
+    build_learner,
+    build_optimizer,
+    build_sampler,
+    build_scheduler,
+    resolve_device,
+)
+from fewcore.engine._checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from fewcore.engine._evaluate import EvalResult, run_episodes
+from fewcore.engine._metrics import MetricsLog, episode_accuracy
+
+logger = logging.getLogger(__name__)
+
+#: config keys that may change when a run is resumed (they do not change what is computed)
+RESUMABLE_CHANGES = frozenset({"train.steps", "train.device", "train.log_every", "run.dir"})
+
+
+class ResumeError(RuntimeError):
+    """A run directory cannot be started or resumed as asked."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        run_dir: the run directory.
+        steps: the last step trained.
+        best_step: the step kept in ``best.pt`` (highest validation accuracy).
+        best_val: validation result of ``best_step``; None when validation is off.
+        last_checkpoint: ``run_dir/checkpoints/last.pt`` (resumable).
+        best_checkpoint: ``run_dir/checkpoints/best.pt`` (for evaluation and inference).
+        train_seconds: training wall time over every session of the run, validation excluded.
+        episodes_per_s: training episodes per second over the run (all ranks).
+    """
+
+    run_dir: Path
+    steps: int
+    best_step: int
+    best_val: EvalResult | None
+    last_checkpoint: Path
+    best_checkpoint: Path
+    train_seconds: float
+    episodes_per_s: float
+
+
+def checkpoint_paths(run_dir: str | Path) -> tuple[Path, Path]:
+    """``(last.pt, best.pt)`` of a run directory."""
+    folder = Path(run_dir) / "checkpoints"
+    return folder / "last.pt", folder / "best.pt"
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    old, new = _flatten(saved), _flatten(current)
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+
+
+def _distributed(device: torch.device) -> tuple[int, int]:
+    """``(rank, world_size)``; joins the process group ``torchrun`` describes when there is one."""
+    if not dist.is_available():
+        return 0, 1
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _average_gradients(parameters: list[torch.nn.Parameter], world_size: int) -> None:
+    for parameter in parameters:
+        if parameter.grad is not None:
+            dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
+            parameter.grad.div_(world_size)
+
+
+class _Window:
+    """Sums over the steps since the last log line."""
+
+    def __init__(self) -> None:
+        self.steps = self.episodes = 0
+        self.loss = self.correct = self.seconds = 0.0
+
+    def add(self, loss: float, accuracies: torch.Tensor, seconds: float) -> None:
+        self.steps += 1
+        self.episodes += accuracies.numel()
+        self.loss += loss
+        self.correct += float(accuracies.sum())
+        self.seconds += seconds
+
+
+def train(
+    config: Config,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Meta-train the learner of ``config``, validating on held-out classes and keeping the best.
+
+    Writes to ``config.run.dir``: ``config.json``, ``metrics.jsonl``/``metrics.csv``,
+    ``checkpoints/last.pt`` (every ``train.checkpoint_every`` steps and at the end) and
+    ``checkpoints/best.pt`` (the step of highest validation accuracy).
+
+    Args:
+        config: the run config.
+        resume: continue the run in ``config.run.dir`` from ``last.pt``; its config must equal
+            ``config`` except for :data:`RESUMABLE_CHANGES` (e.g. ``train.steps`` to train longer).
+        progress: show a progress bar (episodes/s, loss, running accuracy).
+        on_step: called with the step number after each step is complete (checkpoint included).
+
+    Raises:
+        ResumeError: the run directory already holds a run and ``resume`` is False, or the
+            config differs from the one being resumed.
+    """
+    device = resolve_device(config.train.device)
+    rank, world_size = _distributed(device)
+    run_dir = Path(config.run.dir)
+    last_path, best_path = checkpoint_paths(run_dir)
+    saved = _read_resume_state(config, last_path, resume)
+    if saved is not None and saved["world_size"] != world_size:
+        raise ResumeError(
+            f"{last_path} was written by {saved['world_size']} processes; resume it with the same number, not {world_size}"
+        )
+
+    seed_everything(config.train.seed)
+    dataset = build_dataset(config)
+    item_shape = tuple(dataset.item_shape)
+    learner = build_learner(config, item_shape).to(device)
+    parameters = [p for p in learner.parameters() if p.requires_grad]
+    optimizer = build_optimizer(config.train, parameters)
+    scheduler = build_scheduler(config.train, optimizer)
+    train_sampler = build_sampler(
+        config.sampler,
+        dataset,
+        "train",
+        config.train.n_way,
+        config.train.k_shot,
+        config.train.q_query,
+        config.train.batch_size,
+        config.train.seed + rank,
+    )
+    # Per-rank global RNG streams (dropout, augmentation inside learners) after a shared init.
+    seed_everything(config.train.seed + rank)
+
+    step = 0
+    elapsed = 0.0
+    best: dict[str, Any] | None = None
+    if saved is not None:
+        learner.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        own = saved["ranks"][rank]
+        train_sampler.load_state_dict(own["sampler"])
+        set_rng_state(own["rng"])
+        step, elapsed, best = saved["step"], saved["elapsed_s"], saved["best"]
+        if rank == 0:
+            logger.info("resuming %s from step %d", run_dir, step)
+
+    log = MetricsLog(run_dir)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        log.truncate(step)
+
+    val_n_way, val_k_shot = parse_setting(config.val.setting)
+
+    def validate() -> EvalResult:
+        sampler = build_sampler(
+            config.sampler, dataset, "val", val_n_way, val_k_shot, config.val.q_query, config.val.batch_size, config.val.seed
+        )
+        return run_episodes(learner, sampler, config.val.episodes, device)
+
+    def payload(with_state: bool) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "config": config.to_dict(),
+            "item_shape": list(item_shape),
+            "step": step,
+            "model": learner.state_dict(),
+            "best": best,
+        }
+        if with_state:
+            data.update(
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                ranks=ranks_state,
+                world_size=world_size,
+                elapsed_s=elapsed,
+            )
+        return data
+
+    total = config.train.steps
+    learner.train()
+    iterator = iter(train_sampler)
+    window = _Window()
+    recent: deque[tuple[float, float, int, float]] = deque(maxlen=50)  # loss, accuracy, episodes, seconds
+    bar = tqdm(
+        total=total,
+        initial=step,
+        desc="train",
+        unit="step",
+        disable=not progress or rank != 0,
+        dynamic_ncols=True,
+    )
+    try:
+        while step < total:
+            started = time.perf_counter()
+            try:
+                episode = next(iterator)
+            except StopIteration:
+                raise RuntimeError(f"the training sampler ended after {step} steps; {total} were asked for") from None
+            episode = episode.to(device)
+            output = learner(episode)
+            if not torch.isfinite(output.loss):
+                raise FloatingPointError(
+                    f"the training loss is {output.loss.item()} at step {step + 1}; lower train.lr or set train.grad_clip"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            output.loss.backward()
+            if world_size > 1:
+                _average_gradients(parameters, world_size)
+            if config.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(parameters, config.train.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            accuracies = episode_accuracy(output.logits.detach(), episode.query_y)
+            seconds = time.perf_counter() - started
+            elapsed += seconds
+            loss = output.loss.item()
+            window.add(loss, accuracies, seconds)
+            recent.append((loss, float(accuracies.mean()), accuracies.numel(), seconds))
+
+            if rank == 0:
+                bar.update(1)
+                bar.set_postfix(
+                    {
+                        "ep/s": f"{sum(r[2] for r in recent) * world_size / max(sum(r[3] for r in recent), 1e-9):.1f}",
+                        "loss": f"{sum(r[0] for r in recent) / len(recent):.3f}",
+                        "acc": f"{100 * sum(r[1] for r in recent) / len(recent):.1f}%",
+                    },
+                    refresh=False,
+                )
+                if step % config.train.log_every == 0 or step == total:
+                    log.write(
+                        {
+                            "step": step,
+                            "phase": "train",
+                            "loss": window.loss / window.steps,
+                            "accuracy": window.correct / window.episodes,
+                            "episodes": step * config.train.batch_size * world_size,
+                            "episodes_per_s": window.episodes * world_size / max(window.seconds, 1e-9),
+                            "lr": optimizer.param_groups[0]["lr"],
+                            "elapsed_s": elapsed,
+                        }
+                    )
+                    window = _Window()
+                if config.val.every and (step % config.val.every == 0 or step == total):
+                    result = validate()
+                    log.write(
+                        {
+                            "step": step,
+                            "phase": "val",
+                            "loss": result.loss,
+                            "accuracy": result.accuracy,
+                            "ci95": result.ci95,
+                            "episodes": step * config.train.batch_size * world_size,
+                            "elapsed_s": elapsed,
+                        }
+                    )
+                    if best is None or result.accuracy > best["accuracy"]:
+                        best = {"step": step, "accuracy": result.accuracy, "ci95": result.ci95, "loss": result.loss}
+                        save_checkpoint(best_path, payload(with_state=False))
+                    message = f"step {step}: val {result}" + (" (best)" if best["step"] == step else "")
+                    if progress:
+                        bar.write(message)
+                    else:
+                        logger.info(message)
+
+            if step % config.train.checkpoint_every == 0 or step == total:
+                own_state = {"sampler": train_sampler.state_dict(), "rng": rng_state()}
+                if world_size > 1:
+                    ranks_state: list[Any] = [None] * world_size
+                    dist.all_gather_object(ranks_state, own_state)
+                else:
+                    ranks_state = [own_state]
+                if rank == 0:
+                    if not config.val.every and step == total:
+                        save_checkpoint(best_path, payload(with_state=False))
+                    save_checkpoint(last_path, payload(with_state=True))
+            if on_step is not None:
+                on_step(step)
+    finally:
+        bar.close()
+
+    best_val = None
+    if best is not None:
+        n_way, k_shot = parse_setting(config.val.setting)
+        best_val = EvalResult(n_way, k_shot, config.val.episodes, best["accuracy"], best["ci95"], best["loss"])
+    episodes = step * config.train.batch_size * world_size
+    return TrainResult(
+        run_dir=run_dir,
+        steps=step,
+        best_step=best["step"] if best is not None else step,
+        best_val=best_val,
+        last_checkpoint=last_path,
+        best_checkpoint=best_path,
+        train_seconds=elapsed,
+        episodes_per_s=episodes / elapsed if elapsed > 0 else math.nan,
+    )
+
+
+def _read_resume_state(config: Config, last_path: Path, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint to resume from, or None to start at step 0; checks the run directory."""
+    if not last_path.exists():
+        if resume:
+            logger.warning("no checkpoint in %s yet: starting the run from step 0", last_path.parent)
+        return None
+    saved = load_checkpoint(last_path)
+    if not resume:
+        raise ResumeError(
+            f"{last_path.parent.parent} already holds a run (last checkpoint at step {saved['step']}); "
+            "resume it with --resume (train(..., resume=True)) or choose another run directory (--run-dir)"
+        )
+    changes = _config_changes(saved["config"], config.to_dict())
+    if changes:
+        raise ResumeError(
+            f"cannot resume {last_path}: the config differs in {', '.join(changes)} "
+            f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume)"
+        )
+    try:
+        Config.from_dict(saved["config"], source=str(last_path))
+    except ConfigError as exc:
+        raise ResumeError(f"{last_path} holds a config this fewcore cannot read: {exc}") from exc
+    return saved
