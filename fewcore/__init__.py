@@ -14,6 +14,7 @@ from fewcore._plugins import (
     registry,
 )
 from fewcore._types import Backbone, Episode, EpisodeSampler, FewShotDataset, Learner, LearnerOutput
+from fewcore.engine import load
 from fewcore.hookspecs import hookimpl
 
 try:
@@ -35,5 +36,6 @@ __all__ = [
     "create",
     "hookimpl",
     "list_components",
+    "load",
     "registry",
 ]

@@ -12,6 +12,7 @@ import torch
 
 import fewcore
 from fewcore import _extension
+from fewcore.engine._cli import add_engine_commands
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -86,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     info_cmd = commands.add_parser("info", help="versions, active ops, compiled kernels, devices")
     info_cmd.add_argument("--json", action="store_true", help="machine-readable output")
     info_cmd.set_defaults(func=_cmd_info)
+
+    add_engine_commands(commands)
     return parser
 
 
