@@ -93,7 +93,7 @@ def embed_tasks(backbone: nn.Module, support_x: Tensor, query_x: Tensor) -> tupl
         ``([B, Ns, D], [B, Nq, D])`` embeddings.
     """
     batch, n_support = support_x.shape[:2]
-    items = torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)])
+    items = torch.cat([support_x, query_x], dim=1).flatten(0, 1)  # task by task: [B * (Ns + Nq), ...]
     embeddings = backbone(items)
     if embeddings.dim() != 2 or embeddings.shape[0] != items.shape[0]:
         raise ValueError(
