@@ -17,6 +17,7 @@ from fewcore import Backbone, Component, Episode, EpisodeSampler, FewShotDataset
 from fewcore._plugins import PluginInfo
 
 FEATURES = 8
+INFORMATIVE = 3
 
 
 class Clusters(FewShotDataset):
@@ -24,14 +25,18 @@ class Clusters(FewShotDataset):
 
     def __init__(self, classes: int = 10, items: int = 12, noise: float = 0.5, seed: int = 0) -> None:
         gen = torch.Generator().manual_seed(seed)
+        # Classes differ in the first INFORMATIVE features; the rest is loud noise that a
+        # trained embedding learns to ignore (so training measurably helps).
+        informative = (torch.arange(FEATURES) < INFORMATIVE).float()
         self._items = {}
         self._splits: dict[str, list[str]] = {}
         for split in ("train", "val", "test"):
             names = [f"{split}{c}" for c in range(classes)]
             self._splits[split] = names
             for name in names:
-                center = torch.randn(FEATURES, generator=gen) * 2
-                self._items[name] = center + noise * torch.randn(items, FEATURES, generator=gen)
+                center = torch.randn(FEATURES, generator=gen) * 2 * informative
+                spread = noise * (informative + 4 * (1 - informative))
+                self._items[name] = center + spread * torch.randn(items, FEATURES, generator=gen)
 
     @property
     def item_shape(self) -> tuple[int, ...]:

@@ -1,0 +1,133 @@
+"""Config loading: TOML → dataclasses, overrides, errors that name the bad key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import fewcore
+from fewcore.config import Config, ConfigError, load_config, parse_override, parse_setting
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((REPO / "configs").glob("*.toml"))
+
+MINIMAL = """
+[dataset]
+name = "glyphs"
+alphabets = 10
+[backbone]
+name = "conv4"
+[learner]
+name = "protonet"
+[train]
+lr = 0.01
+steps = 50
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "exp.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_minimal_config_defaults_and_component_options(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, MINIMAL))
+    assert config.dataset.name == "glyphs" and config.dataset.options == {"alphabets": 10}
+    assert config.sampler.name == "episodic" and config.sampler.options == {}
+    assert config.train.lr == 0.01 and config.train.steps == 50 and config.train.optimizer == "adam"
+    assert config.eval.episodes == 600 and config.eval.settings == ["5-way 1-shot", "5-way 5-shot"]
+    assert config.run.dir == "runs/exp"  # named after the file
+
+
+def test_overrides(tmp_path: Path) -> None:
+    config = load_config(
+        _write(tmp_path, MINIMAL),
+        ["train.lr=0.001", "learner.distance=cosine", "dataset.alphabets=20", 'eval.settings=["20-way 1-shot"]',
+         "train.device=cpu", "run.dir=/tmp/x"],
+    )
+    assert config.train.lr == 0.001
+    assert config.learner.options == {"distance": "cosine"}
+    assert config.dataset.options == {"alphabets": 20}
+    assert config.eval.settings == ["20-way 1-shot"]
+    assert config.train.device == "cpu" and config.run.dir == "/tmp/x"
+
+
+def test_int_is_accepted_where_a_float_is_expected(tmp_path: Path) -> None:
+    assert load_config(_write(tmp_path, MINIMAL), ["train.lr=1"]).train.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lrr=0.1", r"unknown key train\.lrr.*valid: .*batch_size.*lr.*Did you mean 'lr'\?"),
+        ("trian.lr=0.1", r"unknown section \[trian\].*valid: .*train.*Did you mean 'train'\?"),
+        ("train.steps=many", r"train\.steps must be int, got 'many'"),
+        ("train.steps=1.5", r"train\.steps must be int, got 1\.5"),
+        ("train.steps=true", r"train\.steps must be int"),
+        ("train.steps=0", r"train\.steps must be at least 1, got 0"),
+        ("train.optimizer=rmsprop", r"train\.optimizer must be one of adam, adamw, sgd; got 'rmsprop'"),
+        ("train.device=tpu", r"train\.device must be auto, cpu, cuda or cuda:N"),
+        ('eval.settings=["five way"]', r"cannot read the way/shot setting 'five way'"),
+        ("eval.settings=[]", r"eval\.settings must name at least one setting"),
+        ("learner.name=3", r"learner\.name must be a string"),
+    ],
+)
+def test_bad_values_are_named(tmp_path: Path, override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(_write(tmp_path, MINIMAL), [override])
+
+
+def test_missing_component_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[learner\] needs a name"):
+        load_config(_write(tmp_path, MINIMAL.replace('name = "protonet"', "")))
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(_write(tmp_path, "[train\nlr = "))
+
+
+def test_override_syntax() -> None:
+    assert parse_override("train.lr=1e-3") == (["train", "lr"], 1e-3)
+    assert parse_override("learner.metric=cosine") == (["learner", "metric"], "cosine")
+    assert parse_override('dataset.fractions=[0.5, 0.25, 0.25]') == (["dataset", "fractions"], [0.5, 0.25, 0.25])
+    for bad in ("train.lr", "lr=0.1", "=3", "train..lr=1"):
+        with pytest.raises(ConfigError):
+            parse_override(bad)
+
+
+def test_parse_setting() -> None:
+    assert parse_setting("5-way 1-shot") == (5, 1)
+    assert parse_setting("20way 5shot") == (20, 5)
+    assert parse_setting("5-Way, 5-Shot") == (5, 5)
+    with pytest.raises(ConfigError):
+        parse_setting("0-way 1-shot")
+
+
+def test_round_trip_through_plain_data(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, MINIMAL), ["learner.distance=cosine"])
+    assert Config.from_dict(config.to_dict()) == config
+
+
+def test_configs_directory_has_a_config_per_learner_and_dataset() -> None:
+    names = {path.stem for path in CONFIGS}
+    assert "demo" in names
+    # Built-in learners; third-party ones (such as the example plugin's) bring their own configs.
+    learners = {c.name for c in fewcore.registry().components() if c.kind == "learner" and c.plugin.distribution == "fewcore"}
+    for dataset in ("glyphs", "omniglot"):
+        if dataset not in fewcore.list_components("dataset"):
+            continue
+        for learner in learners:
+            assert f"{learner}_{dataset}" in names, f"configs/{learner}_{dataset}.toml is missing"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_config_loads_and_names_registered_components(path: Path) -> None:
+    config = load_config(path)
+    for kind in ("dataset", "sampler", "backbone", "learner"):
+        name = getattr(config, kind).name
+        assert name in fewcore.list_components(kind), f"{path.name}: {kind} {name!r} is not registered"
