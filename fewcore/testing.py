@@ -147,6 +147,12 @@ def check_backbone(
         backbone.train()
         backbone.zero_grad(set_to_none=True)
         out = backbone(x)
+        if out.shape != weights.shape:
+            raise AssertionError(
+                f"{who} mapped {tuple(x.shape)} to {tuple(out.shape)}; expected [batch, embedding_size] = "
+                f"{tuple(weights.shape)}"
+            )
+        _assert_finite(out, f"{who} output")
         # A random projection of the output as the loss, so every output unit matters.
         (out * weights).sum().backward()
         return out.detach(), _gradients(backbone, who)
@@ -163,13 +169,6 @@ def check_backbone(
     weights = torch.randn(batch_size, size, generator=generator)
 
     out, gradients = train_step(backbone, x, weights)
-    if out.shape != (batch_size, size):
-        raise AssertionError(
-            f"{who} mapped {tuple(x.shape)} to {tuple(out.shape)}; expected [batch, embedding_size] = "
-            f"{(batch_size, size)}"
-        )
-    _assert_finite(out, f"{who} output")
-
     again, gradients_again = train_step(build(), x, weights)
     _assert_equal(again, out, f"{who}: the same seed gave different outputs")
     for name, gradient in gradients.items():
@@ -233,6 +232,14 @@ def check_learner(
         output = learner(episode)
         if not isinstance(output, LearnerOutput):
             raise AssertionError(f"{who}.forward returned a {type(output).__name__}, not a fewcore.LearnerOutput")
+        if output.logits.shape != expected:
+            raise AssertionError(
+                f"{who}: logits have shape {tuple(output.logits.shape)}; expected [B, N*Q, N] = {expected}"
+            )
+        if output.loss.dim() != 0:
+            raise AssertionError(f"{who}: the loss must be a scalar; got shape {tuple(output.loss.shape)}")
+        _assert_finite(output.logits, f"{who} logits")
+        _assert_finite(output.loss, f"{who} loss")
         output.loss.backward()
         return output, _gradients(learner, who)
 
@@ -242,12 +249,6 @@ def check_learner(
     expected = (batch_size, n_way * q_query, n_way)
 
     output, gradients = train_step(learner, episode)
-    if output.logits.shape != expected:
-        raise AssertionError(f"{who}: logits have shape {tuple(output.logits.shape)}; expected [B, N*Q, N] = {expected}")
-    if output.loss.dim() != 0:
-        raise AssertionError(f"{who}: the loss must be a scalar; got shape {tuple(output.loss.shape)}")
-    _assert_finite(output.logits, f"{who} logits")
-    _assert_finite(output.loss, f"{who} loss")
     backbone_parameters = {id(p) for p in _backbone_of(learner, who).parameters() if p.requires_grad}
     reached = {id(p) for p in learner.parameters() if p.grad is not None}
     if backbone_parameters - reached:
