@@ -1,0 +1,316 @@
+"""MAML (Finn, Abbeel and Levine 2017, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep
+Networks"), its first-order approximation, and Meta-SGD (Li, Zhou, Chen and Li 2017, "Meta-SGD:
+Learning to Learn Quickly for Few-Shot Learning").
+
+A classifier ``f_θ`` (any backbone followed by a linear head with ``n_way`` outputs) is adapted to
+each task ``T_i`` by ``s`` gradient steps on the support loss, starting from the meta-learned
+initialization θ:
+
+    θ_i^(0) = θ,    θ_i^(t+1) = θ_i^(t) − α ∘ ∇_θ L_{T_i}^{support}(f_{θ_i^(t)}),    θ_i' = θ_i^(s),
+
+and θ is meta-trained on the query loss of the adapted model (eq. 1 of MAML):
+
+    min_θ  Σ_{T_i ~ p(T)}  L_{T_i}^{query}(f_{θ_i'}).
+
+* **Second order** (the paper's MAML) differentiates the meta-objective through the inner loop,
+  Hessian-vector products included: ``∂θ^(t+1)/∂θ^(t) = I − α ∇²L^{support}``.
+* **First order** (FOMAML, section 5.2 of the paper) treats each inner gradient as a constant, so
+  ``∂θ'/∂θ = I`` and the meta-gradient is the query gradient at the adapted parameters.
+* **Meta-SGD** learns α as well: one step size per parameter entry (same shape as θ),
+  meta-trained jointly with θ (eq. 3-4 of Meta-SGD), ``∘`` the element-wise product.
+
+The backbone is used unchanged, through :func:`torch.func.functional_call` with the adapted
+parameters; no "meta" layers. The meta-batch of B tasks is vectorized with :func:`torch.func.vmap`
+over the task dimension (``torch.func.grad`` inside ``vmap``), so the B inner loops run as one
+batched computation; a per-task Python loop computes exactly the same thing and is the fallback
+for backbones that ``vmap`` cannot batch (``task_batching="auto"`` switches with a warning).
+
+**Batch norm** uses the statistics of the batch it normalizes, in training and evaluation alike,
+as in the paper's reference implementation: the support items of a task during adaptation, the
+query items of that task for the prediction (so predictions are transductive over a task's
+queries). Running statistics are neither read nor updated (MAML never uses them, and updating
+them in place is impossible under ``vmap``). Inside the learner, ``F.batch_norm`` is computed
+from its definition ``γ (x − mean) / sqrt(var + ε) + β`` (biased variance over the batch and
+spatial dims) instead of the fused kernel: in torch 2.14, ``vmap`` of the fused kernel's double
+backward gives wrong meta-gradients (see pytorch/functorch#534; off by ~1e-2 in float64 against
+finite differences), and both task paths use the same definition so they agree.
+
+Episodes with fewer classes than ``n_way`` use the first N outputs of the head (labels are
+arbitrary per episode, so any N units serve equally).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+from torch.overrides import TorchFunctionMode
+
+from fewcore import Backbone, Episode, Learner, LearnerOutput
+from fewcore_plugins.learners._episode import check_episode, check_task_batch
+
+Params = dict[str, Tensor]
+TaskBatching = Literal["auto", "vmap", "loop"]
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def adapt(
+    loss: Callable[[Params], Tensor],
+    params: Params,
+    lrs: Mapping[str, float | Tensor],
+    steps: int,
+    first_order: bool,
+) -> Params:
+    """Run ``steps`` inner gradient-descent steps ``θ ← θ − α ∘ ∇_θ loss(θ)``.
+
+    Args:
+        loss: the inner (support) loss of one task as a function of the parameters; a scalar.
+        params: the starting parameters θ (the meta-learned initialization), any shapes.
+        lrs: per parameter name, the step size α: a float (MAML) or a tensor broadcastable to
+            the parameter (Meta-SGD).
+        steps: number of inner steps s (0 returns ``params``).
+        first_order: treat every inner gradient as a constant (FOMAML). Otherwise (and when
+            autograd is recording) the result is differentiable through the gradients, so that
+            the meta-gradient includes the second-order terms.
+
+    Returns:
+        The adapted parameters θ' with the same names and shapes as ``params``. Differentiable
+        in ``params`` and in tensor ``lrs``.
+    """
+    inner_grad = grad(loss)
+    for _ in range(steps):
+        # The first-order gradient is evaluated at detached parameters: same value, but the
+        # outer autograd records neither the inner forward nor its backward.
+        at = {name: p.detach() for name, p in params.items()} if first_order else params
+        grads = inner_grad(at)
+        params = {name: p - lrs[name] * grads[name] for name, p in params.items()}
+    return params
+
+
+def _batch_norm_from_definition(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """``F.batch_norm`` with batch statistics, written with primitive ops (``[n, C, *spatial]``)."""
+    dims = [0, *range(2, input.dim())]
+    var, mean = torch.var_mean(input, dims, correction=0, keepdim=True)
+    # Fold the normalization and the affine map into one per-channel scale and shift: a single
+    # multiply-add pass over the activations (forward and backward) instead of four.
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight.reshape(scale.shape)
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias.reshape(shift.shape)
+    return torch.addcmul(shift, input, scale)
+
+
+class _BatchStatisticsNorm(TorchFunctionMode):
+    """Routes batch-statistics ``F.batch_norm`` calls to :func:`_batch_norm_from_definition`."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is F.batch_norm:
+            return _batch_norm_from_definition(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+class _Classifier(nn.Module):
+    """``head(backbone(x))``: the network whose parameters MAML adapts."""
+
+    def __init__(self, backbone: Backbone, head: nn.Linear) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(x))
+
+
+class MAML(Learner):
+    """Model-Agnostic Meta-Learning with a linear head on any backbone.
+
+    Args:
+        backbone: the feature extractor, used unchanged through ``functional_call``.
+        n_way: outputs of the head, the largest N of the episodes it will see.
+        inner_steps: inner gradient steps s during meta-training (any number ≥ 0).
+        inner_lr: the inner step size α (the initial one for Meta-SGD).
+        eval_inner_steps: inner steps in evaluation mode; ``None`` uses ``inner_steps``.
+        first_order: FOMAML: drop the second-order terms of the meta-gradient.
+        task_batching: ``"vmap"`` vectorizes the meta-batch over tasks, ``"loop"`` adapts one
+            task at a time, ``"auto"`` uses vmap and falls back to the loop (with a warning)
+            when the backbone cannot be vmapped. Both give the same result.
+        input_shape: item shape, to size the head; ``None`` uses the backbone's
+            ``example_input_shape``.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        n_way: int = 5,
+        inner_steps: int = 1,
+        inner_lr: float = 0.4,
+        eval_inner_steps: int | None = None,
+        first_order: bool = False,
+        task_batching: TaskBatching = "auto",
+        input_shape: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        if n_way < 1:
+            raise ValueError(f"n_way must be at least 1; got {n_way}")
+        for name, steps in (("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps)):
+            if steps is not None and (not isinstance(steps, int) or steps < 0):
+                raise ValueError(f"{name} must be a non-negative integer; got {steps!r}")
+        if task_batching not in ("auto", "vmap", "loop"):
+            raise ValueError(f"task_batching must be 'auto', 'vmap' or 'loop'; got {task_batching!r}")
+        if not math.isfinite(inner_lr):
+            raise ValueError(f"inner_lr must be a finite number; got {inner_lr}")
+        shape = tuple(input_shape) if input_shape is not None else tuple(backbone.example_input_shape)
+        self.model = _Classifier(backbone, nn.Linear(backbone.embedding_size(shape), n_way))
+        self.n_way = n_way
+        self.inner_steps = inner_steps
+        self.inner_lr = float(inner_lr)
+        self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
+        self.first_order = first_order
+        self.task_batching: TaskBatching = task_batching
+        # Batch-norm running statistics are replaced by None in every functional call, which
+        # makes batch norm use batch statistics and never touch its buffers.
+        self._no_running_stats: dict[str, Tensor | None] = {
+            f"{module_name}.{buffer}" if module_name else buffer: None
+            for module_name, module in self.model.named_modules()
+            if isinstance(module, _BATCH_NORMS)
+            for buffer, value in module.named_buffers(recurse=False)
+            if value is not None
+        }
+
+    @property
+    def backbone(self) -> Backbone:
+        """The feature extractor (its parameters are the meta-learned initialization)."""
+        return self.model.backbone
+
+    def inner_lrs(self) -> dict[str, float | Tensor]:
+        """The step size α of every adapted parameter (one float for MAML)."""
+        return {name: self.inner_lr for name, _ in self.model.named_parameters()}
+
+    def _logits(self, params: Params, x: Tensor, n_way: int) -> Tensor:
+        """``[n, *item_shape]`` → ``[n, n_way]`` logits of the classifier with parameters ``params``."""
+        return functional_call(self.model, (params, self._no_running_stats), (x,))[..., :n_way]
+
+    def _task_logits(
+        self,
+        params: Params,
+        lrs: Mapping[str, float | Tensor],
+        support_x: Tensor,
+        support_y: Tensor,
+        query_x: Tensor,
+        n_way: int,
+        steps: int,
+        first_order: bool,
+    ) -> Tensor:
+        """One task: adapt on ``[Ns, ...]`` / ``[Ns]``, then ``[Nq, n_way]`` query logits."""
+
+        def support_loss(p: Params) -> Tensor:
+            return F.cross_entropy(self._logits(p, support_x, n_way), support_y)
+
+        adapted = adapt(support_loss, params, lrs, steps, first_order)
+        return self._logits(adapted, query_x, n_way)
+
+    def adapted_logits(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, n_way: int) -> Tensor:
+        """Adapt to every task of the batch and classify its queries.
+
+        Uses ``inner_steps`` in training mode and ``eval_inner_steps`` in evaluation mode.
+        Gradients are enabled for the inner loop even under ``torch.no_grad()`` (evaluation);
+        the result then carries no graph.
+
+        Args:
+            support_x: ``[B, Ns, *item_shape]``.
+            support_y: ``[B, Ns]`` labels in ``0..n_way-1``.
+            query_x: ``[B, Nq, *item_shape]``.
+            n_way: N (at most the head's ``n_way``).
+
+        Returns:
+            ``[B, Nq, n_way]`` logits of the adapted classifiers.
+        """
+        if n_way > self.n_way:
+            raise ValueError(
+                f"this MAML head has {self.n_way} outputs (n_way={self.n_way}) but the episode has "
+                f"{n_way} classes; build the learner with n_way >= {n_way}"
+            )
+        steps = self.inner_steps if self.training else self.eval_inner_steps
+        # Without a recorded outer graph (evaluation) second-order terms are never needed.
+        first_order = self.first_order or not torch.is_grad_enabled()
+        params = dict(self.model.named_parameters())
+        lrs = self.inner_lrs()
+
+        def task(sx: Tensor, sy: Tensor, qx: Tensor) -> Tensor:
+            return self._task_logits(params, lrs, sx, sy, qx, n_way, steps, first_order)
+
+        with _BatchStatisticsNorm():
+            if self.task_batching != "loop" and support_x.shape[0] > 1:
+                try:
+                    return vmap(task, randomness="different")(support_x, support_y, query_x)
+                except (RuntimeError, NotImplementedError) as exc:
+                    if self.task_batching == "vmap":
+                        raise
+                    warnings.warn(
+                        f"MAML: vmap over tasks failed for this backbone ({type(exc).__name__}: {exc}); "
+                        "adapting one task at a time from now on (task_batching='loop' silences this)",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    self.task_batching = "loop"
+            return torch.stack([task(*t) for t in zip(support_x, support_y, query_x)])
+
+    def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
+        """Class scores of the adapted classifiers.
+
+        Args:
+            support_x: ``[B, Ns, *item_shape]``.
+            support_y: ``[B, Ns]`` labels in ``0..N-1``; N is ``max(support_y) + 1``.
+            query_x: ``[B, Nq, *item_shape]``.
+
+        Returns:
+            ``[B, Nq, N]`` logits.
+        """
+        n_way = check_task_batch(support_x, support_y, query_x)
+        return self.adapted_logits(support_x, support_y, query_x, n_way)
+
+    def forward(self, episode: Episode) -> LearnerOutput:
+        """Query logits ``[B, N*Q, N]`` after adaptation and the meta-loss: the query
+        cross-entropy averaged over queries and tasks."""
+        n_way = check_episode(episode)
+        logits = self.adapted_logits(episode.support_x, episode.support_y, episode.query_x, n_way)
+        loss = F.cross_entropy(logits.flatten(0, 1), episode.query_y.flatten())
+        return LearnerOutput(logits=logits, loss=loss)
+
+
+class MetaSGD(MAML):
+    """MAML with a learned step size for every parameter entry (Meta-SGD).
+
+    Takes the arguments of :class:`MAML`; ``inner_lr`` initializes every entry of α. The
+    step sizes are parameters of the learner (``inner_lr_params``), so the meta-optimizer
+    updates them with θ.
+    """
+
+    def __init__(self, backbone: Backbone, **config: Any) -> None:
+        super().__init__(backbone, **config)
+        self._adapted_names = [name for name, _ in self.model.named_parameters()]
+        self.inner_lr_params = nn.ParameterList(
+            nn.Parameter(torch.full_like(p, self.inner_lr)) for p in self.model.parameters()
+        )
+
+    def inner_lrs(self) -> dict[str, float | Tensor]:
+        """α per parameter: tensors of the parameters' shapes."""
+        return dict(zip(self._adapted_names, self.inner_lr_params))
