@@ -1,4 +1,5 @@
-// The one place where fewcore's op schemas are declared; backends add kernels in csrc/cpu and csrc/cuda.
+// The one place where fewcore's op schemas are declared; backends add kernels in csrc/cpu and
+// csrc/cuda. Ops whose name starts with `_` are internal (backward passes).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -11,5 +12,14 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(fewcore, m) {
+  // x [B,N,D], y [B,M,D] -> [B,N,M]; metric: 0 sqeuclidean, 1 euclidean, 2 cosine, 3 dot.
   m.def("pairwise_distance(Tensor x, Tensor y, int metric) -> Tensor");
+  // grad [B,N,M], out = pairwise_distance(x, y) -> (grad_x, grad_y).
+  m.def("_pairwise_distance_backward(Tensor grad, Tensor x, Tensor y, Tensor out, int metric) -> (Tensor, Tensor)");
+  // q [B,N,D], s [B,M,D], v [B,M,C] -> (out [B,N,C], lse [B,N]: log-sum-exp of each query's scores).
+  m.def("episode_attention(Tensor q, Tensor s, Tensor v, int metric, float temperature) -> (Tensor, Tensor)");
+  // Recomputes the scores from the inputs and lse -> (grad_q, grad_s, grad_v).
+  m.def(
+      "_episode_attention_backward(Tensor grad_out, Tensor q, Tensor s, Tensor v, Tensor out, Tensor lse, "
+      "int metric, float temperature) -> (Tensor, Tensor, Tensor)");
 }

@@ -50,14 +50,14 @@ def pairwise_distance(x: torch.Tensor, y: torch.Tensor, metric: str = "sqeuclide
         ValueError / TypeError: naming the argument, what was expected and what was given.
     """
     code = check_metric(metric)
-    batched, _ = check_batch("pairwise_distance", {"x": x, "y": y}, [("x", "y")])
+    batched, batch = check_batch("pairwise_distance", {"x": x, "y": y}, [("x", "y")])
     x, y = _autocast(x, y)
     if _extension.active_implementation() == "reference":
         return reference.pairwise_distance(x, y, metric)
     _extension.require_compiled()
     from fewcore.ops import _compiled
 
-    return _compiled.pairwise_distance(x, y, code, batched)
+    return _compiled.pairwise_distance(x, y, code, batched, batch)
 
 
 def episode_attention(
@@ -84,7 +84,7 @@ def episode_attention(
     """
     code = check_metric(metric)
     temperature = check_temperature(temperature)
-    batched, _ = check_batch("episode_attention", {"q": q, "s": s, "v": v}, [("q", "s")])
+    batched, batch = check_batch("episode_attention", {"q": q, "s": s, "v": v}, [("q", "s")])
     if s.shape[-2] != v.shape[-2]:
         raise ValueError(
             f"episode_attention: s and v must have one row per support item; got {s.shape[-2]} and {v.shape[-2]} rows"
@@ -97,4 +97,4 @@ def episode_attention(
     _extension.require_compiled()
     from fewcore.ops import _compiled
 
-    return _compiled.episode_attention(q, s, v, code, temperature, batched)
+    return _compiled.episode_attention(q, s, v, code, temperature, batched, batch)

@@ -1,18 +1,245 @@
-"""Autograd wiring of the compiled kernels.  TEMPORARY: delegates to the reference until the kernels land."""
+"""The compiled kernels wired for autograd, ``torch.func``, ``torch.compile`` and double backward.
+
+Each kernel is a dispatcher op (``torch.ops.fewcore.*``, schemas in ``csrc/fewcore.cpp``) with a
+fake kernel (shapes only, for ``torch.compile``) and a vmap rule (folds a vmapped dimension into
+the ops' own task dimension B). Autograd goes through Python ``torch.autograd.Function``s with
+``setup_context`` and ``generate_vmap_rule=True``: the combination that works under
+``torch.func.grad``, grad-of-grad and ``vmap(grad)`` (a ``custom_op`` with ``register_autograd``
+and a C++ ``autograd::Function`` do not, see pytorch#168393 and #170834).
+
+Level 1 (``_PairwiseDistance``, ``_EpisodeAttention``) runs the forward kernel; its backward
+runs the backward kernel through level 2 (``_PairwiseDistanceBackward``, ...), whose own
+backward — needed only for second derivatives — is the vector-Jacobian product of the
+pure-PyTorch reference's backward, so higher derivatives stay exact and differentiable.
+"""
 
 from __future__ import annotations
+
+from typing import Any, Callable
 
 import torch
 
 from fewcore.ops import _reference
 from fewcore.ops._reference import METRICS
 
+_ops = torch.ops.fewcore
 
-def pairwise_distance(x: torch.Tensor, y: torch.Tensor, metric: int, batched: bool) -> torch.Tensor:
-    return _reference.pairwise_distance(x, y, METRICS[metric])
+
+# ---------------------------------------------------------------- fake kernels and vmap rules
+
+
+def _check_fake(x: torch.Tensor, *others: torch.Tensor) -> None:
+    torch._check(all(t.dim() == 3 for t in (x, *others)), lambda: "fewcore ops take 3-D [B, rows, features] tensors")
+
+
+@torch.library.register_fake("fewcore::pairwise_distance")
+def _pairwise_distance_fake(x: torch.Tensor, y: torch.Tensor, metric: int) -> torch.Tensor:
+    _check_fake(x, y)
+    return x.new_empty((x.shape[0], x.shape[1], y.shape[1]))
+
+
+@torch.library.register_fake("fewcore::_pairwise_distance_backward")
+def _pairwise_distance_backward_fake(
+    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor, metric: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(
+        y, memory_format=torch.contiguous_format
+    )
+
+
+def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("fewcore::episode_attention")
+def _episode_attention_fake(
+    q: torch.Tensor, s: torch.Tensor, v: torch.Tensor, metric: int, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_fake(q, s, v)
+    out = q.new_empty((q.shape[0], q.shape[1], v.shape[2]))
+    return out, q.new_empty((q.shape[0], q.shape[1]), dtype=_lse_dtype(q.dtype))
+
+
+@torch.library.register_fake("fewcore::_episode_attention_backward")
+def _episode_attention_backward_fake(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    s: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    metric: int,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, s, v))  # type: ignore[return-value]
+
+
+def _fold_vmap(op: Callable[..., Any], n_tensors: int) -> Callable[..., Any]:
+    """A vmap rule for an op whose first ``n_tensors`` arguments are ``[B, ...]`` tensors.
+
+    The vmapped dimension is moved to the front and folded into B (unbatched arguments are
+    expanded to it), the op runs once, and every output is unfolded again.
+    """
+
+    def rule(info: Any, in_dims: tuple[int | None, ...], *args: Any) -> tuple[Any, Any]:
+        size = info.batch_size
+        tensors = []
+        for tensor, dim in zip(args[:n_tensors], in_dims[:n_tensors]):
+            tensor = tensor.unsqueeze(0).expand(size, *tensor.shape) if dim is None else tensor.movedim(dim, 0)
+            tensors.append(tensor.reshape(size * tensor.shape[1], *tensor.shape[2:]))
+        result = op(*tensors, *args[n_tensors:])
+        if isinstance(result, torch.Tensor):
+            return result.unflatten(0, (size, -1)), 0
+        return tuple(r.unflatten(0, (size, -1)) for r in result), tuple(0 for _ in result)
+
+    return rule
+
+
+torch.library.register_vmap("fewcore::pairwise_distance", _fold_vmap(_ops.pairwise_distance, 2))
+torch.library.register_vmap("fewcore::_pairwise_distance_backward", _fold_vmap(_ops._pairwise_distance_backward, 4))
+torch.library.register_vmap("fewcore::episode_attention", _fold_vmap(_ops.episode_attention, 3))
+torch.library.register_vmap(
+    "fewcore::_episode_attention_backward", _fold_vmap(_ops._episode_attention_backward, 6)
+)
+
+
+# ---------------------------------------------------------------- autograd
+
+
+def _second_order(
+    reference: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...], cotangent: torch.Tensor,
+    grad_grads: tuple[torch.Tensor | None, ...],
+) -> tuple[torch.Tensor, ...]:
+    """Backward of a backward: the VJP of ``(cotangent, *inputs) ↦ vjp(reference)(cotangent)``.
+
+    Returns the gradients w.r.t. ``cotangent`` and each input, given ``grad_grads`` (one per
+    input, None for an input whose first-order gradient was not used).
+    """
+
+    def first_order(cot: torch.Tensor, *primals: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        _, vjp = torch.func.vjp(reference, *primals)
+        return vjp(cot)
+
+    _, vjp = torch.func.vjp(first_order, cotangent, *inputs)
+    filled = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(inputs, grad_grads))
+    return vjp(filled)
+
+
+class _PairwiseDistanceBackward(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor, metric: int) -> Any:
+        return _ops._pairwise_distance_backward(grad, x, y, out, metric)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        grad, x, y, _, metric = inputs
+        ctx.save_for_backward(grad, x, y)
+        ctx.metric = metric
+
+    @staticmethod
+    def backward(ctx: Any, grad_gx: torch.Tensor | None, grad_gy: torch.Tensor | None) -> tuple[Any, ...]:
+        grad, x, y = ctx.saved_tensors
+
+        def reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return _reference.pairwise_distance(a, b, METRICS[ctx.metric])
+
+        d_grad, d_x, d_y = _second_order(reference, (x, y), grad, (grad_gx, grad_gy))
+        # `out` is a function of x and y whose influence the reference already accounts for.
+        return d_grad, d_x, d_y, None, None
+
+
+class _PairwiseDistance(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, y: torch.Tensor, metric: int) -> torch.Tensor:
+        return _ops.pairwise_distance(x, y, metric)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        x, y, metric = inputs
+        ctx.save_for_backward(x, y, output)
+        ctx.metric = metric
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        x, y, out = ctx.saved_tensors
+        gx, gy = _PairwiseDistanceBackward.apply(grad, x, y, out, ctx.metric)
+        return gx, gy, None
+
+
+class _EpisodeAttentionBackward(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(
+        grad: torch.Tensor, q: torch.Tensor, s: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+        lse: torch.Tensor, metric: int, temperature: float,
+    ) -> Any:
+        return _ops._episode_attention_backward(grad, q, s, v, out, lse, metric, temperature)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        grad, q, s, v, _, _, metric, temperature = inputs
+        ctx.save_for_backward(grad, q, s, v)
+        ctx.metric, ctx.temperature = metric, temperature
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_gq: torch.Tensor | None, grad_gs: torch.Tensor | None, grad_gv: torch.Tensor | None
+    ) -> tuple[Any, ...]:
+        grad, q, s, v = ctx.saved_tensors
+
+        def reference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            return _reference.episode_attention(a, b, c, METRICS[ctx.metric], ctx.temperature)
+
+        d_grad, d_q, d_s, d_v = _second_order(reference, (q, s, v), grad, (grad_gq, grad_gs, grad_gv))
+        return d_grad, d_q, d_s, d_v, None, None, None, None
+
+
+class _EpisodeAttention(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(q: torch.Tensor, s: torch.Tensor, v: torch.Tensor, metric: int, temperature: float) -> Any:
+        return _ops.episode_attention(q, s, v, metric, temperature)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        q, s, v, metric, temperature = inputs
+        out, lse = output
+        ctx.save_for_backward(q, s, v, out, lse)
+        ctx.metric, ctx.temperature = metric, temperature
+        ctx.mark_non_differentiable(lse)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor, _grad_lse: torch.Tensor | None) -> tuple[Any, ...]:
+        q, s, v, out, lse = ctx.saved_tensors
+        gq, gs, gv = _EpisodeAttentionBackward.apply(grad, q, s, v, out, lse, ctx.metric, ctx.temperature)
+        return gq, gs, gv, None, None
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def _as_batch(tensors: tuple[torch.Tensor, ...], batch: int) -> tuple[torch.Tensor, ...]:
+    """Give every argument the leading task dimension (a shared 2-D argument is expanded)."""
+    return tuple(t if t.dim() == 3 else t.unsqueeze(0).expand(batch, *t.shape) for t in tensors)
+
+
+def pairwise_distance(x: torch.Tensor, y: torch.Tensor, metric: int, batched: bool, batch: int) -> torch.Tensor:
+    """See :func:`fewcore.ops.pairwise_distance`; arguments already validated."""
+    x3, y3 = _as_batch((x, y), batch)
+    out = _PairwiseDistance.apply(x3, y3, metric)
+    return out if batched else out.squeeze(0)
 
 
 def episode_attention(
-    q: torch.Tensor, s: torch.Tensor, v: torch.Tensor, metric: int, temperature: float, batched: bool
+    q: torch.Tensor, s: torch.Tensor, v: torch.Tensor, metric: int, temperature: float, batched: bool, batch: int
 ) -> torch.Tensor:
-    return _reference.episode_attention(q, s, v, METRICS[metric], temperature)
+    """See :func:`fewcore.ops.episode_attention`; arguments already validated."""
+    q3, s3, v3 = _as_batch((q, s, v), batch)
+    out, _ = _EpisodeAttention.apply(q3, s3, v3, metric, temperature)
+    return out if batched else out.squeeze(0)

@@ -1,0 +1,75 @@
+// Device-independent parts of fewcore's ops: argument checks, norms and the matrix products that
+// turn per-element gradient coefficients into input gradients (BLAS/cuBLAS do those best).
+#include <fewcore/math.h>
+#include <fewcore/ops.h>
+
+namespace fewcore {
+
+namespace {
+
+void check_floating_3d(const char* op, const char* name, const at::Tensor& t, const at::Tensor& first) {
+  TORCH_CHECK(t.dim() == 3, op, ": ", name, " must be 3-D [B, rows, features]; got shape ", t.sizes());
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name,
+              " must be a floating-point tensor; got ", t.scalar_type());
+  TORCH_CHECK(t.scalar_type() == first.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
+              " but the first argument has ", first.scalar_type());
+  TORCH_CHECK(t.device() == first.device(), op, ": ", name, " is on ", t.device(), " but the first argument is on ",
+              first.device());
+  TORCH_CHECK(t.size(0) == first.size(0), op, ": ", name, " has batch size ", t.size(0),
+              " but the first argument has ", first.size(0));
+}
+
+void check_metric(const char* op, int64_t metric) {
+  TORCH_CHECK(metric >= kSqEuclidean && metric <= kDot, op,
+              ": metric code must be 0 (sqeuclidean), 1 (euclidean), 2 (cosine) or 3 (dot); got ", metric);
+}
+
+}  // namespace
+
+void check_pairwise_args(const at::Tensor& x, const at::Tensor& y, int64_t metric) {
+  check_metric("pairwise_distance", metric);
+  check_floating_3d("pairwise_distance", "x", x, x);
+  check_floating_3d("pairwise_distance", "y", y, x);
+  TORCH_CHECK(x.size(2) == y.size(2), "pairwise_distance: x has ", x.size(2), " features but y has ", y.size(2));
+}
+
+void check_attention_args(const at::Tensor& q, const at::Tensor& s, const at::Tensor& v, int64_t metric,
+                          double temperature) {
+  check_metric("episode_attention", metric);
+  check_floating_3d("episode_attention", "q", q, q);
+  check_floating_3d("episode_attention", "s", s, q);
+  check_floating_3d("episode_attention", "v", v, q);
+  TORCH_CHECK(q.size(2) == s.size(2), "episode_attention: q has ", q.size(2), " features but s has ", s.size(2));
+  TORCH_CHECK(s.size(1) == v.size(1), "episode_attention: s has ", s.size(1), " support rows but v has ", v.size(1));
+  TORCH_CHECK(s.size(1) > 0, "episode_attention: the support set is empty (M = 0)");
+  TORCH_CHECK(temperature > 0 && std::isfinite(temperature),
+              "episode_attention: temperature must be finite and > 0; got ", temperature);
+}
+
+at::ScalarType compute_dtype(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+at::Tensor metric_norms(const at::Tensor& x, int64_t metric) {
+  if (metric == kDot) return at::empty({0}, x.options());
+  at::Tensor sumsq = x.square().sum(-1);
+  // cosine_norm (math.h), vectorized by ATen.
+  return metric == kCosine ? sumsq.sqrt_().clamp_min_(kCosineEps) : sumsq;
+}
+
+std::tuple<at::Tensor, at::Tensor> gradients_from_coefficients(const at::Tensor& G, const at::Tensor& W,
+                                                              const at::Tensor& x, const at::Tensor& y,
+                                                              const at::Tensor& nx, const at::Tensor& ny,
+                                                              int64_t metric) {
+  if (metric == kDot) return {at::bmm(G, y), at::bmm(G.transpose(1, 2), x)};
+  at::Tensor a = W.sum(2);
+  at::Tensor b = W.sum(1);
+  if (metric == kCosine) {
+    // row_factor (math.h): −1/n² where the norm is above eps, else 0.
+    a.mul_(at::where(nx > kCosineEps, -nx.square().reciprocal(), at::zeros({}, nx.options())));
+    b.mul_(at::where(ny > kCosineEps, -ny.square().reciprocal(), at::zeros({}, ny.options())));
+  }
+  return {at::baddbmm(x * a.unsqueeze(-1), G, y), at::baddbmm(y * b.unsqueeze(-1), G.transpose(1, 2), x)};
+}
+
+}  // namespace fewcore

@@ -1,0 +1,238 @@
+// episode_attention on the CPU, flash-attention style: per tile of queries × support rows a BLAS
+// product, the metric epilogue and an online softmax (math.h); the [N, M] scores are never stored.
+// The backward recomputes each tile's probabilities from the saved log-sum-exp.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include <fewcore/math.h>
+#include <fewcore/ops.h>
+
+#include "tiles.h"
+
+namespace fewcore {
+
+namespace {
+
+using cpu::ceil_div;
+using cpu::kColBlock;
+using cpu::kRowBlock;
+
+// One task's inputs in the compute dtype, and its rows' metric norms (null for dot).
+template <class T>
+struct Task {
+  at::Tensor q, s, v;
+  const T* nq;
+  const T* ns;
+};
+
+template <class T>
+Task<T> task(const at::Tensor& q, const at::Tensor& s, const at::Tensor& v, const at::Tensor& nq,
+             const at::Tensor& ns, int64_t metric, int64_t b) {
+  if (metric == kDot) return {q[b], s[b], v[b], nullptr, nullptr};
+  return {q[b], s[b], v[b], nq.data_ptr<T>() + b * q.size(1), ns.data_ptr<T>() + b * s.size(1)};
+}
+
+// Forward of queries [i0, i1) of one task: out rows and their log-sum-exp.
+template <class T>
+void forward_rows(const Task<T>& t, int64_t metric, T inv_temperature, int64_t i0, int64_t i1, at::Tensor out_rows,
+                  T* lse) {
+  const int64_t rows = i1 - i0, M = t.s.size(0), C = t.v.size(1);
+  out_rows.zero_();
+  T* acc = out_rows.data_ptr<T>();
+  at::Tensor buffer = at::empty({rows, std::min(M, kColBlock)}, t.q.options());
+  const int64_t ld = buffer.stride(0);
+  std::vector<T> running_max(rows, -INFINITY), running_sum(rows, T(0));
+  const at::Tensor q_rows = t.q.slice(0, i0, i1);
+  for (int64_t j0 = 0; j0 < M; j0 += kColBlock) {
+    const int64_t j1 = std::min(M, j0 + kColBlock), cols = j1 - j0;
+    at::Tensor tile = buffer.slice(1, 0, cols);
+    cpu::metric_tile<T>(metric, q_rows, t.s.slice(0, j0, j1), t.nq ? t.nq + i0 : nullptr, t.ns ? t.ns + j0 : nullptr,
+                        tile);
+    T* p = tile.data_ptr<T>();
+    for (int64_t r = 0; r < rows; ++r) {
+      T* row = p + r * ld;
+      T block_max = -INFINITY;
+#pragma omp simd reduction(max : block_max)
+      for (int64_t c = 0; c < cols; ++c) {
+        row[c] = attention_score(metric, row[c], inv_temperature);
+        block_max = std::max(block_max, row[c]);
+      }
+      const T scale = online_softmax_rescale(running_max[r], block_max);
+      running_sum[r] *= scale;
+      for (int64_t k = 0; k < C; ++k) acc[r * C + k] *= scale;
+      for (int64_t c = 0; c < cols; ++c) row[c] -= running_max[r];
+    }
+    tile.exp_();  // ATen's vectorized exp
+    for (int64_t r = 0; r < rows; ++r) {
+      T sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t c = 0; c < cols; ++c) sum += p[r * ld + c];
+      running_sum[r] += sum;
+    }
+    out_rows.addmm_(tile, t.v.slice(0, j0, j1));
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const T inv = T(1) / running_sum[r];
+    for (int64_t k = 0; k < C; ++k) acc[r * C + k] *= inv;
+    lse[r] = running_max[r] + std::log(running_sum[r]);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> episode_attention_cpu(const at::Tensor& q_in, const at::Tensor& s_in,
+                                                         const at::Tensor& v_in, int64_t metric, double temperature) {
+  check_attention_args(q_in, s_in, v_in, metric, temperature);
+  const auto dtype = compute_dtype(q_in);
+  const at::Tensor q = q_in.detach().to(dtype).contiguous();
+  const at::Tensor s = s_in.detach().to(dtype).contiguous();
+  const at::Tensor v = v_in.detach().to(dtype).contiguous();
+  const int64_t B = q.size(0), N = q.size(1);
+  at::Tensor out = at::empty({B, N, v.size(2)}, q.options());
+  at::Tensor lse = at::empty({B, N}, q.options());
+  const at::Tensor nq = metric_norms(q, metric), ns = metric_norms(s, metric);
+  const int64_t row_blocks = ceil_div(N, kRowBlock);
+  AT_DISPATCH_FLOATING_TYPES(dtype, "episode_attention_cpu", [&] {
+    at::parallel_for(0, B * row_blocks, 1, [&](int64_t begin, int64_t end) {
+      at::AutoDispatchBelowADInplaceOrView guard;  // worker threads start with grad mode on
+      for (int64_t index = begin; index < end; ++index) {
+        const int64_t b = index / row_blocks, i0 = index % row_blocks * kRowBlock, i1 = std::min(N, i0 + kRowBlock);
+        forward_rows<scalar_t>(task<scalar_t>(q, s, v, nq, ns, metric, b), metric, scalar_t(1.0 / temperature), i0, i1,
+                               out[b].slice(0, i0, i1), lse.data_ptr<scalar_t>() + b * N + i0);
+      }
+    });
+  });
+  return {out.to(q_in.scalar_type()), lse};
+}
+
+// Backward over queries [i0, i1) × support rows [j0, j1) of one task, tile by tile. Adds the
+// tiles' contributions to dq (when `rows_complete`: the range spans all support rows) and to
+// ds and dv (when `cols_complete`: it spans all queries), so that the per-row reductions
+// (math.h: a_i, b_j) are finished inside the call and no two threads write the same rows.
+template <class T>
+void backward_range(const Task<T>& t, int64_t metric, T inv_temperature, const at::Tensor& dout, const T* lse,
+                    const T* delta, int64_t i0, int64_t i1, int64_t j0, int64_t j1, bool rows_complete,
+                    bool cols_complete, at::Tensor& dq, at::Tensor& ds, at::Tensor& dv) {
+  const auto options = t.q.options();
+  at::Tensor values = at::empty({kRowBlock, kColBlock}, options);
+  at::Tensor probs = at::empty({kRowBlock, kColBlock}, options);
+  at::Tensor coeffs = at::empty({kRowBlock, kColBlock}, options);
+  std::vector<T> row_sum(i1 - i0, T(0)), col_sum(j1 - j0, T(0));
+  // Gradient on the metric's value from a gradient on the score: scores are ±value / T.
+  const T value_sign = is_distance(metric) ? -inv_temperature : inv_temperature;
+  for (int64_t r0 = i0; r0 < i1; r0 += kRowBlock) {
+    const int64_t r1 = std::min(i1, r0 + kRowBlock), rows = r1 - r0;
+    const at::Tensor q_rows = t.q.slice(0, r0, r1), dout_rows = dout.slice(0, r0, r1);
+    for (int64_t c0 = j0; c0 < j1; c0 += kColBlock) {
+      const int64_t c1 = std::min(j1, c0 + kColBlock), cols = c1 - c0;
+      const at::Tensor s_cols = t.s.slice(0, c0, c1), v_cols = t.v.slice(0, c0, c1);
+      at::Tensor value_tile = values.slice(0, 0, rows).slice(1, 0, cols);
+      at::Tensor prob_tile = probs.slice(0, 0, rows).slice(1, 0, cols);
+      at::Tensor coeff_tile = coeffs.slice(0, 0, rows).slice(1, 0, cols);
+      const T* nq = t.nq ? t.nq + r0 : nullptr;
+      const T* ns = t.ns ? t.ns + c0 : nullptr;
+      cpu::metric_tile<T>(metric, q_rows, s_cols, nq, ns, value_tile);
+      T* val = value_tile.data_ptr<T>();
+      T* prob = prob_tile.data_ptr<T>();
+      T* coeff = coeff_tile.data_ptr<T>();
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c)
+          prob[r * kColBlock + c] = attention_score(metric, val[r * kColBlock + c], inv_temperature) - lse[r0 + r];
+      prob_tile.exp_();
+      at::mm_out(coeff_tile, dout_rows, v_cols.t());  // dP = dO vᵀ
+      for (int64_t r = 0; r < rows; ++r) {
+        const T n_row = nq ? nq[r] : T(1);
+        for (int64_t c = 0; c < cols; ++c) {
+          const int64_t e = r * kColBlock + c;
+          // softmax backward: dS = P (dP − Σ_c dO·O), then onto the metric's value.
+          const T g = prob[e] * (coeff[e] - delta[r0 + r]) * value_sign;
+          const T n_col = ns ? ns[c] : T(1);
+          coeff[e] = matrix_coefficient(metric, g, val[e], n_row, n_col);
+          const T w = reduction_weight(metric, g, val[e], n_row, n_col);
+          row_sum[r0 - i0 + r] += w;
+          col_sum[c0 - j0 + c] += w;
+        }
+      }
+      if (rows_complete) dq.slice(0, r0, r1).addmm_(coeff_tile, s_cols);
+      if (cols_complete) {
+        ds.slice(0, c0, c1).addmm_(coeff_tile.t(), q_rows);
+        dv.slice(0, c0, c1).addmm_(prob_tile.t(), dout_rows);
+      }
+    }
+  }
+  if (metric == kDot) return;
+  if (rows_complete) {
+    for (int64_t i = i0; i < i1; ++i) dq[i].add_(t.q[i], row_sum[i - i0] * row_factor(metric, t.nq[i]));
+  }
+  if (cols_complete) {
+    for (int64_t j = j0; j < j1; ++j) ds[j].add_(t.s[j], col_sum[j - j0] * row_factor(metric, t.ns[j]));
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_backward_cpu(
+    const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor& s_in, const at::Tensor& v_in,
+    const at::Tensor& out_in, const at::Tensor& lse_in, int64_t metric, double temperature) {
+  check_attention_args(q_in, s_in, v_in, metric, temperature);
+  const auto dtype = compute_dtype(q_in);
+  const at::Tensor q = q_in.detach().to(dtype).contiguous();
+  const at::Tensor s = s_in.detach().to(dtype).contiguous();
+  const at::Tensor v = v_in.detach().to(dtype).contiguous();
+  const at::Tensor dout = dout_in.detach().to(dtype).contiguous();
+  const at::Tensor lse = lse_in.detach().to(dtype).contiguous();
+  const int64_t B = q.size(0), N = q.size(1), M = s.size(1);
+  TORCH_CHECK(dout.sizes() == out_in.sizes() && dout.size(0) == B && dout.size(1) == N && dout.size(2) == v.size(2),
+              "_episode_attention_backward: grad_out and out must be [B, N, C] = ",
+              at::IntArrayRef{B, N, v.size(2)}, "; got ", dout.sizes(), " and ", out_in.sizes());
+  TORCH_CHECK(lse.dim() == 2 && lse.size(0) == B && lse.size(1) == N,
+              "_episode_attention_backward: lse must be [B, N]; got ", lse.sizes());
+  // Σ_c dO·O per query: the softmax backward's row term.
+  const at::Tensor delta = (dout * out_in.detach().to(dtype)).sum(-1).contiguous();
+  at::Tensor dq = at::zeros_like(q), ds = at::zeros_like(s), dv = at::zeros_like(v);
+  const at::Tensor nq = metric_norms(q, metric), ns = metric_norms(s, metric);
+  // Whole tasks per thread when there are enough tasks (or a task is one tile); otherwise two
+  // passes over each task, split by queries (for dq) and by support rows (for ds, dv).
+  const bool whole_tasks = B >= at::get_num_threads() || (N <= kRowBlock && M <= kColBlock);
+  const int64_t row_blocks = ceil_div(N, kRowBlock), col_blocks = ceil_div(M, kColBlock);
+  AT_DISPATCH_FLOATING_TYPES(dtype, "episode_attention_backward_cpu", [&] {
+    const scalar_t inv_t = scalar_t(1.0 / temperature);
+    auto run = [&](int64_t b, int64_t i0, int64_t i1, int64_t j0, int64_t j1, bool rows_complete, bool cols_complete) {
+      at::Tensor dq_b = dq[b], ds_b = ds[b], dv_b = dv[b];
+      backward_range<scalar_t>(task<scalar_t>(q, s, v, nq, ns, metric, b), metric, inv_t, dout[b],
+                               lse.data_ptr<scalar_t>() + b * N, delta.data_ptr<scalar_t>() + b * N, i0, i1, j0, j1,
+                               rows_complete, cols_complete, dq_b, ds_b, dv_b);
+    };
+    if (whole_tasks) {
+      at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+        at::AutoDispatchBelowADInplaceOrView guard;
+        for (int64_t b = begin; b < end; ++b) run(b, 0, N, 0, M, true, true);
+      });
+      return;
+    }
+    at::parallel_for(0, B * row_blocks, 1, [&](int64_t begin, int64_t end) {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      for (int64_t index = begin; index < end; ++index) {
+        const int64_t b = index / row_blocks, i0 = index % row_blocks * kRowBlock;
+        run(b, i0, std::min(N, i0 + kRowBlock), 0, M, true, false);
+      }
+    });
+    at::parallel_for(0, B * col_blocks, 1, [&](int64_t begin, int64_t end) {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      for (int64_t index = begin; index < end; ++index) {
+        const int64_t b = index / col_blocks, j0 = index % col_blocks * kColBlock;
+        run(b, 0, N, j0, std::min(M, j0 + kColBlock), false, true);
+      }
+    });
+  });
+  return {dq.to(q_in.scalar_type()), ds.to(s_in.scalar_type()), dv.to(v_in.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fewcore, CPU, m) {
+  m.impl("episode_attention", &episode_attention_cpu);
+  m.impl("_episode_attention_backward", &episode_attention_backward_cpu);
+}
+
+}  // namespace fewcore

@@ -1,0 +1,31 @@
+// Declarations shared by fewcore's op registrations (csrc/fewcore.cpp) and kernels.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace fewcore {
+
+// Checks of the arguments every kernel receives: 3-D, one batch size, matching widths, same
+// floating dtype and device, a known metric. The Python wrappers check first with friendlier
+// messages; these keep a direct torch.ops.fewcore call from crashing.
+void check_pairwise_args(const at::Tensor& x, const at::Tensor& y, int64_t metric);
+void check_attention_args(const at::Tensor& q, const at::Tensor& s, const at::Tensor& v, int64_t metric,
+                          double temperature);
+
+// Per-row norms a metric needs ([B, R]): ‖x‖² for distances, max(‖x‖, eps) for cosine, an
+// empty tensor for dot. Computed in x's dtype.
+at::Tensor metric_norms(const at::Tensor& x, int64_t metric);
+
+// The dtype the kernels compute in: float32 for float16/bfloat16 inputs, else the input's.
+at::ScalarType compute_dtype(const at::Tensor& t);
+
+// The gradients of pairwise_distance from its coefficient matrices (see math.h):
+//   gx = G y + (ra ⊙ Σ_j W) x,   gy = Gᵀ x + (rb ⊙ Σ_i W) y.
+std::tuple<at::Tensor, at::Tensor> gradients_from_coefficients(const at::Tensor& G, const at::Tensor& W,
+                                                              const at::Tensor& x, const at::Tensor& y,
+                                                              const at::Tensor& nx, const at::Tensor& ny,
+                                                              int64_t metric);
+
+}  // namespace fewcore
