@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from fewcore._types import Learner
 from fewcore.config import Config, ConfigError, parse_setting
 from fewcore.engine._build import (
     build_dataset,
@@ -137,7 +138,7 @@ def train(
     *,
     resume: bool = False,
     progress: bool = True,
-    on_step: Callable[[int], None] | None = None,
+    on_step: Callable[[int, Learner], None] | None = None,
 ) -> TrainResult:
     """Meta-train the learner of ``config``, validating on held-out classes and keeping the best.
 
@@ -150,7 +151,8 @@ def train(
         resume: continue the run in ``config.run.dir`` from ``last.pt``; its config must equal
             ``config`` except for :data:`RESUMABLE_CHANGES` (e.g. ``train.steps`` to train longer).
         progress: show a progress bar (episodes/s, loss, running accuracy).
-        on_step: called with the step number after each step is complete (checkpoint included).
+        on_step: called with the step number and the learner after each step is complete
+            (checkpoint included), e.g. for custom monitoring.
 
     Raises:
         ResumeError: the run directory already holds a run and ``resume`` is False, or the
@@ -332,7 +334,7 @@ def train(
                         save_checkpoint(best_path, payload(with_state=False))
                     save_checkpoint(last_path, payload(with_state=True))
             if on_step is not None:
-                on_step(step)
+                on_step(step, learner)
     finally:
         bar.close()
 

@@ -84,7 +84,7 @@ class _Killed(Exception):
 
 
 def _kill_at(step: int):
-    def on_step(current: int) -> None:
+    def on_step(current: int, learner: object) -> None:
         if current == step:
             raise _Killed
 
