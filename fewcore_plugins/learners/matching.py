@@ -5,7 +5,10 @@ A query x̂ is labelled by attention over the support set S = {(x_i, y_i)} (eqs.
 
     P(ŷ | x̂, S) = Σ_i a(x̂, x_i) y_i,    a(x̂, x_i) = softmax_i(c(f(x̂, S), g(x_i, S)) / T),
 
-with y_i one-hot, c the cosine similarity and T a temperature (1 in the paper). The read-out is
+with y_i one-hot, c the cosine similarity and T a temperature. The paper has no temperature
+(T = 1); the default here is T = 0.1, because cosine scores lie in [-1, 1], so at T = 1 the
+softmax stays flat (for 5-way 1-shot the loss cannot fall below about 0.43) and, in our runs on
+the glyph data, training did not improve on the untrained embedding, while T = 0.1 did. The read-out is
 :func:`fewcore.ops.episode_attention` with the one-hot support labels as values; it returns
 probabilities, so the logits are ``log P`` (clamped away from zero) and the loss is the negative
 log-likelihood of the query labels.
@@ -111,7 +114,7 @@ class MatchingNetworks(Learner):
     def __init__(
         self,
         backbone: Backbone,
-        temperature: float = 1.0,
+        temperature: float = 0.1,
         fce: bool = False,
         fce_steps: int = 5,
         item_shape: Sequence[int] | None = None,

@@ -5,6 +5,7 @@ The registry-driven contract checks (gradients, determinism, ...) are in tests/t
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -41,10 +42,10 @@ CONFIGS = [
     ("protonet", {"distance": "euclidean"}),
     ("protonet", {"distance": "cosine", "scale": 10.0}),
     ("matching", {}),
-    ("matching", {"temperature": 0.1}),
+    ("matching", {"temperature": 1.0}),
     ("matching", {"fce": True, "fce_steps": 3}),
 ]
-IDS = ["protonet", "protonet-euclidean", "protonet-cosine", "matching", "matching-T0.1", "matching-fce"]
+IDS = ["protonet", "protonet-euclidean", "protonet-cosine", "matching", "matching-T1", "matching-fce"]
 
 
 def _build(name: str, config: dict[str, Any], features: int, backbone: Backbone | None = None) -> Learner:
@@ -270,24 +271,25 @@ def test_learner_learns_to_classify_new_gaussian_classes(name: str, config: dict
     assert after > 0.75 and after > before + 0.3, f"5-way 1-shot accuracy {before:.2f} → {after:.2f} (chance 0.20)"
 
 
-@pytest.mark.parametrize(("name", "config"), [("protonet", {}), ("matching", {})])
-def test_learner_learns_glyphs(name: str, config: dict[str, Any]) -> None:
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["protonet", "matching"])
+def test_learner_learns_glyphs(name: str) -> None:
+    # 20-way: at 5-way an untrained Conv4 already scores ~0.87 on glyphs, leaving nothing to show.
     if "episodic" not in fewcore.list_components("sampler"):
         pytest.skip("the episodic sampler is not registered")
     torch.manual_seed(0)
     dataset = fewcore.create("dataset", "glyphs", alphabets=20, characters=10, drawings=10)
-    learner = _learner(name, fewcore.create("backbone", "conv4"), **config)
+    learner = _learner(name, fewcore.create("backbone", "conv4"))
 
     def episodes(split: str, seed: int) -> Any:
         return iter(
             fewcore.create(
-                "sampler", "episodic", dataset=dataset, split=split, n_way=5, k_shot=1, q_query=5, batch_size=2, seed=seed
+                "sampler", "episodic", dataset=dataset, split=split, n_way=20, k_shot=1, q_query=2, batch_size=1, seed=seed
             )
         )
 
-    test_stream = episodes("test", 1)
-    test = [next(test_stream) for _ in range(10)]
+    test = list(itertools.islice(episodes("test", 1), 5))
     before = _accuracy(learner, test)
-    _train(learner, episodes("train", 0), steps=60, lr=1e-3)
+    _train(learner, episodes("train", 0), steps=50, lr=1e-3)
     after = _accuracy(learner, test)
-    assert after > 0.6 and after > before + 0.2, f"glyphs 5-way 1-shot test accuracy {before:.2f} → {after:.2f} (chance 0.20)"
+    assert after > 0.5 and after > before + 0.05, f"glyphs 20-way 1-shot test accuracy {before:.2f} → {after:.2f} (chance 0.05)"
