@@ -18,8 +18,9 @@ What is checked:
 * backbones: ``[batch, *input_shape]`` → ``[batch, embedding_size(input_shape)]``, finite; every
   parameter gets a finite gradient; in eval mode items do not influence each other; the same
   seed gives the same outputs and gradients.
-* learners: ``forward(episode)`` gives ``logits [B, N*Q, N]`` and a scalar loss, finite; the loss
-  reaches every parameter (backbone included) with finite gradients; ``predict`` gives
+* learners: the learner keeps its backbone as ``.backbone``; ``forward(episode)`` gives
+  ``logits [B, N*Q, N]`` and a scalar loss, finite; the loss reaches every parameter (backbone
+  included) with finite gradients; ``predict`` gives
   ``[B, Nq, N]`` scores ranking classes as ``forward`` does; the same seed gives the same numbers.
 * samplers: episodes of the promised shapes from the requested split's classes only, each class
   with K support and Q query items under one shuffled label; the same seed gives the same
