@@ -50,12 +50,11 @@ def pairwise_distance(x: torch.Tensor, y: torch.Tensor, metric: str = "sqeuclide
         ValueError / TypeError: naming the argument, what was expected and what was given.
     """
     code = check_metric(metric)
-    batched, batch = check_batch("pairwise_distance", {"x": x, "y": y}, [("x", "y")])
+    batched, batch = check_batch("pairwise_distance", ("x", "y"), (x, y), widths=2)
     x, y = _autocast(x, y)
     if _extension.active_implementation() == "reference":
         return reference.pairwise_distance(x, y, metric)
-    _extension.require_compiled()
-    from fewcore.ops import _compiled
+    from fewcore.ops import _compiled  # raises ExtensionNotAvailable when fewcore._C did not load
 
     return _compiled.pairwise_distance(x, y, code, batched, batch)
 
@@ -84,7 +83,7 @@ def episode_attention(
     """
     code = check_metric(metric)
     temperature = check_temperature(temperature)
-    batched, batch = check_batch("episode_attention", {"q": q, "s": s, "v": v}, [("q", "s")])
+    batched, batch = check_batch("episode_attention", ("q", "s", "v"), (q, s, v), widths=2)
     if s.shape[-2] != v.shape[-2]:
         raise ValueError(
             f"episode_attention: s and v must have one row per support item; got {s.shape[-2]} and {v.shape[-2]} rows"
@@ -94,7 +93,6 @@ def episode_attention(
     q, s, v = _autocast(q, s, v)
     if _extension.active_implementation() == "reference":
         return reference.episode_attention(q, s, v, metric, temperature)
-    _extension.require_compiled()
-    from fewcore.ops import _compiled
+    from fewcore.ops import _compiled  # raises ExtensionNotAvailable when fewcore._C did not load
 
     return _compiled.episode_attention(q, s, v, code, temperature, batched, batch)

@@ -7,8 +7,8 @@ the ops' own task dimension B). Autograd goes through Python ``torch.autograd.Fu
 ``torch.func.grad``, grad-of-grad and ``vmap(grad)`` (a ``custom_op`` with ``register_autograd``
 and a C++ ``autograd::Function`` do not, see pytorch#168393 and #170834).
 
-Level 1 (``_PairwiseDistance``, ``_EpisodeAttention``) runs the forward kernel; its backward
-runs the backward kernel through level 2 (``_PairwiseDistanceBackward``, ...), whose own
+Level 1 (``_pairwise_distance``, ``_episode_attention``) runs the forward kernel; its backward
+runs the backward kernel through level 2 (``_pairwise_distance_backward``, ...), whose own
 backward — needed only for second derivatives — is the vector-Jacobian product of the
 pure-PyTorch reference's backward, so higher derivatives stay exact and differentiable.
 """
@@ -19,9 +19,11 @@ from typing import Any, Callable
 
 import torch
 
+from fewcore import _extension
 from fewcore.ops import _reference
 from fewcore.ops._reference import METRICS
 
+_extension.require_compiled()
 _ops = torch.ops.fewcore
 
 
@@ -125,100 +127,143 @@ def _second_order(
     return vjp(filled)
 
 
-class _PairwiseDistanceBackward(torch.autograd.Function):
-    generate_vmap_rule = True
+def _autograd_function(
+    name: str,
+    forward: Callable[..., Any],
+    setup_context: Callable[..., None],
+    backward: Callable[..., tuple[Any, ...]],
+) -> Callable[..., Any]:
+    """``apply`` of a ``torch.autograd.Function`` built from its three static methods.
 
-    @staticmethod
-    def forward(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor, metric: int) -> Any:
-        return _ops._pairwise_distance_backward(grad, x, y, out, metric)
+    Two classes share the methods: one with ``setup_context`` and ``generate_vmap_rule`` (what
+    ``torch.func`` and ``torch.compile`` need) and one with the classic ``forward(ctx, ...)``.
+    Outside transforms ``apply`` takes the classic one: the other binds its arguments through
+    ``inspect.signature`` on every call, ~30 µs, more than the kernels take at episode sizes.
+    """
+    transformable = type(
+        name,
+        (torch.autograd.Function,),
+        {
+            "generate_vmap_rule": True,
+            "forward": staticmethod(forward),
+            "setup_context": staticmethod(setup_context),
+            "backward": staticmethod(backward),
+        },
+    )
 
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        grad, x, y, _, metric = inputs
-        ctx.save_for_backward(grad, x, y)
-        ctx.metric = metric
+    def classic_forward(ctx: Any, *inputs: Any) -> Any:
+        output = forward(*inputs)
+        setup_context(ctx, inputs, output)
+        return output
 
-    @staticmethod
-    def backward(ctx: Any, grad_gx: torch.Tensor | None, grad_gy: torch.Tensor | None) -> tuple[Any, ...]:
-        grad, x, y = ctx.saved_tensors
+    classic = type(
+        f"{name}Eager",
+        (torch.autograd.Function,),
+        {"forward": staticmethod(classic_forward), "backward": staticmethod(backward)},
+    )
 
-        def reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            return _reference.pairwise_distance(a, b, METRICS[ctx.metric])
+    def apply(*args: Any) -> Any:
+        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+            return transformable.apply(*args)
+        return classic.apply(*args)
 
-        d_grad, d_x, d_y = _second_order(reference, (x, y), grad, (grad_gx, grad_gy))
-        # `out` is a function of x and y whose influence the reference already accounts for.
-        return d_grad, d_x, d_y, None, None
-
-
-class _PairwiseDistance(torch.autograd.Function):
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: torch.Tensor, y: torch.Tensor, metric: int) -> torch.Tensor:
-        return _ops.pairwise_distance(x, y, metric)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        x, y, metric = inputs
-        ctx.save_for_backward(x, y, output)
-        ctx.metric = metric
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        x, y, out = ctx.saved_tensors
-        gx, gy = _PairwiseDistanceBackward.apply(grad, x, y, out, ctx.metric)
-        return gx, gy, None
+    return apply
 
 
-class _EpisodeAttentionBackward(torch.autograd.Function):
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(
-        grad: torch.Tensor, q: torch.Tensor, s: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-        lse: torch.Tensor, metric: int, temperature: float,
-    ) -> Any:
-        return _ops._episode_attention_backward(grad, q, s, v, out, lse, metric, temperature)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        grad, q, s, v, _, _, metric, temperature = inputs
-        ctx.save_for_backward(grad, q, s, v)
-        ctx.metric, ctx.temperature = metric, temperature
-
-    @staticmethod
-    def backward(
-        ctx: Any, grad_gq: torch.Tensor | None, grad_gs: torch.Tensor | None, grad_gv: torch.Tensor | None
-    ) -> tuple[Any, ...]:
-        grad, q, s, v = ctx.saved_tensors
-
-        def reference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-            return _reference.episode_attention(a, b, c, METRICS[ctx.metric], ctx.temperature)
-
-        d_grad, d_q, d_s, d_v = _second_order(reference, (q, s, v), grad, (grad_gq, grad_gs, grad_gv))
-        return d_grad, d_q, d_s, d_v, None, None, None, None
+def _pairwise_backward_forward(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor, metric: int) -> Any:
+    return _ops._pairwise_distance_backward(grad, x, y, out, metric)
 
 
-class _EpisodeAttention(torch.autograd.Function):
-    generate_vmap_rule = True
+def _pairwise_backward_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+    grad, x, y, _, metric = inputs
+    ctx.save_for_backward(grad, x, y)
+    ctx.metric = metric
 
-    @staticmethod
-    def forward(q: torch.Tensor, s: torch.Tensor, v: torch.Tensor, metric: int, temperature: float) -> Any:
-        return _ops.episode_attention(q, s, v, metric, temperature)
 
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        q, s, v, metric, temperature = inputs
-        out, lse = output
-        ctx.save_for_backward(q, s, v, out, lse)
-        ctx.metric, ctx.temperature = metric, temperature
-        ctx.mark_non_differentiable(lse)
+def _pairwise_backward_backward(ctx: Any, grad_gx: torch.Tensor | None, grad_gy: torch.Tensor | None) -> tuple[Any, ...]:
+    grad, x, y = ctx.saved_tensors
 
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor, _grad_lse: torch.Tensor | None) -> tuple[Any, ...]:
-        q, s, v, out, lse = ctx.saved_tensors
-        gq, gs, gv = _EpisodeAttentionBackward.apply(grad, q, s, v, out, lse, ctx.metric, ctx.temperature)
-        return gq, gs, gv, None, None
+    def reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return _reference.pairwise_distance(a, b, METRICS[ctx.metric])
+
+    d_grad, d_x, d_y = _second_order(reference, (x, y), grad, (grad_gx, grad_gy))
+    # `out` is a function of x and y whose influence the reference already accounts for.
+    return d_grad, d_x, d_y, None, None
+
+
+_pairwise_distance_backward = _autograd_function(
+    "PairwiseDistanceBackward", _pairwise_backward_forward, _pairwise_backward_setup, _pairwise_backward_backward
+)
+
+
+def _pairwise_forward(x: torch.Tensor, y: torch.Tensor, metric: int) -> torch.Tensor:
+    return _ops.pairwise_distance(x, y, metric)
+
+
+def _pairwise_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    x, y, metric = inputs
+    ctx.save_for_backward(x, y, output)
+    ctx.metric = metric
+
+
+def _pairwise_backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+    x, y, out = ctx.saved_tensors
+    gx, gy = _pairwise_distance_backward(grad, x, y, out, ctx.metric)
+    return gx, gy, None
+
+
+_pairwise_distance = _autograd_function("PairwiseDistance", _pairwise_forward, _pairwise_setup, _pairwise_backward)
+
+
+def _attention_backward_forward(
+    grad: torch.Tensor, q: torch.Tensor, s: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    metric: int, temperature: float,
+) -> Any:
+    return _ops._episode_attention_backward(grad, q, s, v, out, lse, metric, temperature)
+
+
+def _attention_backward_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+    grad, q, s, v, _, _, metric, temperature = inputs
+    ctx.save_for_backward(grad, q, s, v)
+    ctx.metric, ctx.temperature = metric, temperature
+
+
+def _attention_backward_backward(
+    ctx: Any, grad_gq: torch.Tensor | None, grad_gs: torch.Tensor | None, grad_gv: torch.Tensor | None
+) -> tuple[Any, ...]:
+    grad, q, s, v = ctx.saved_tensors
+
+    def reference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return _reference.episode_attention(a, b, c, METRICS[ctx.metric], ctx.temperature)
+
+    d_grad, d_q, d_s, d_v = _second_order(reference, (q, s, v), grad, (grad_gq, grad_gs, grad_gv))
+    return d_grad, d_q, d_s, d_v, None, None, None, None
+
+
+_episode_attention_backward = _autograd_function(
+    "EpisodeAttentionBackward", _attention_backward_forward, _attention_backward_setup, _attention_backward_backward
+)
+
+
+def _attention_forward(q: torch.Tensor, s: torch.Tensor, v: torch.Tensor, metric: int, temperature: float) -> Any:
+    return _ops.episode_attention(q, s, v, metric, temperature)
+
+
+def _attention_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+    q, s, v, metric, temperature = inputs
+    out, lse = output
+    ctx.save_for_backward(q, s, v, out, lse)
+    ctx.metric, ctx.temperature = metric, temperature
+    ctx.mark_non_differentiable(lse)
+
+
+def _attention_backward(ctx: Any, grad: torch.Tensor, _grad_lse: torch.Tensor | None) -> tuple[Any, ...]:
+    q, s, v, out, lse = ctx.saved_tensors
+    gq, gs, gv = _episode_attention_backward(grad, q, s, v, out, lse, ctx.metric, ctx.temperature)
+    return gq, gs, gv, None, None
+
+
+_episode_attention = _autograd_function("EpisodeAttention", _attention_forward, _attention_setup, _attention_backward)
 
 
 # ---------------------------------------------------------------- entry points
@@ -232,7 +277,7 @@ def _as_batch(tensors: tuple[torch.Tensor, ...], batch: int) -> tuple[torch.Tens
 def pairwise_distance(x: torch.Tensor, y: torch.Tensor, metric: int, batched: bool, batch: int) -> torch.Tensor:
     """See :func:`fewcore.ops.pairwise_distance`; arguments already validated."""
     x3, y3 = _as_batch((x, y), batch)
-    out = _PairwiseDistance.apply(x3, y3, metric)
+    out = _pairwise_distance(x3, y3, metric)
     return out if batched else out.squeeze(0)
 
 
@@ -241,5 +286,5 @@ def episode_attention(
 ) -> torch.Tensor:
     """See :func:`fewcore.ops.episode_attention`; arguments already validated."""
     q3, s3, v3 = _as_batch((q, s, v), batch)
-    out, _ = _EpisodeAttention.apply(q3, s3, v3, metric, temperature)
+    out, _ = _episode_attention(q3, s3, v3, metric, temperature)
     return out if batched else out.squeeze(0)

@@ -19,8 +19,8 @@ COSINE_EPS = 1e-8
 
 def _safe_sqrt(squared: torch.Tensor) -> torch.Tensor:
     """``sqrt`` whose gradient at 0 is 0 rather than NaN (the subgradient a distance wants)."""
-    positive = squared > 0
-    return torch.where(positive, torch.where(positive, squared, 1.0).sqrt(), 0.0)
+    zero = squared == 0  # NaN is not zero, so it propagates
+    return torch.where(zero, 0.0, torch.where(zero, 1.0, squared).sqrt())
 
 
 def pairwise_distance(x: torch.Tensor, y: torch.Tensor, metric: str = "sqeuclidean") -> torch.Tensor:

@@ -27,43 +27,47 @@ def check_temperature(temperature: float) -> float:
     return float(temperature)
 
 
-def check_batch(op: str, named: dict[str, torch.Tensor], width_groups: list[tuple[str, ...]]) -> tuple[bool, int]:
-    """Validate rank, dtype, device, batch size and shared widths of an op's tensor arguments.
+def check_batch(op: str, names: tuple[str, ...], tensors: tuple[torch.Tensor, ...], widths: int) -> tuple[bool, int]:
+    """Validate rank, dtype, device and batch size of an op's tensor arguments.
+
+    Runs on every call, so the passing path only compares attributes; messages are built on
+    failure.
 
     Args:
         op: the op's name, for messages.
-        named: argument name → tensor, each ``[B, rows, width]`` or ``[rows, width]``.
-        width_groups: names whose last dimension must agree (e.g. ``("x", "y")``).
+        names: the arguments' names, for messages.
+        tensors: the arguments, each ``[B, rows, width]`` or ``[rows, width]``.
+        widths: how many leading arguments must share their last dimension (e.g. 2 for x, y).
 
     Returns:
         ``(batched, B)``: whether any argument is 3-D (the result then is too) and the batch size
         (1 when none is batched).
     """
-    first_name, first = next(iter(named.items()))
-    for name, tensor in named.items():
+    first = tensors[0]
+    batch = -1
+    for name, tensor in zip(names, tensors):
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor; got {type(tensor).__name__}")
-        if tensor.dim() not in (2, 3):
+        rank = tensor.dim()
+        if rank not in (2, 3):
             raise ValueError(
                 f"{op}: {name} must be [B, rows, features] or [rows, features]; got shape {tuple(tensor.shape)}"
             )
         if tensor.dtype not in _FLOATING:
-            raise TypeError(
-                f"{op}: {name} must be float16, bfloat16, float32 or float64; got {tensor.dtype}"
-            )
+            raise TypeError(f"{op}: {name} must be float16, bfloat16, float32 or float64; got {tensor.dtype}")
         if tensor.dtype != first.dtype:
-            raise TypeError(f"{op}: {name} has dtype {tensor.dtype} but {first_name} has {first.dtype}; cast one")
+            raise TypeError(f"{op}: {name} has dtype {tensor.dtype} but {names[0]} has {first.dtype}; cast one")
         if tensor.device != first.device:
-            raise ValueError(f"{op}: {name} is on {tensor.device} but {first_name} is on {first.device}")
-    batches = {name: t.shape[0] for name, t in named.items() if t.dim() == 3}
-    if len(set(batches.values())) > 1:
-        sizes = ", ".join(f"{name}: {size}" for name, size in batches.items())
-        raise ValueError(f"{op}: batch sizes differ ({sizes})")
-    for group in width_groups:
-        widths = {name: named[name].shape[-1] for name in group}
-        if len(set(widths.values())) > 1:
-            sizes = ", ".join(f"{name}: {size}" for name, size in widths.items())
-            raise ValueError(f"{op}: feature sizes (last dimension) differ ({sizes})")
-        if next(iter(widths.values())) == 0:
-            raise ValueError(f"{op}: {', '.join(group)} need at least one feature; got a last dimension of 0")
-    return bool(batches), next(iter(batches.values()), 1)
+            raise ValueError(f"{op}: {name} is on {tensor.device} but {names[0]} is on {first.device}")
+        if rank == 3:
+            if batch >= 0 and tensor.shape[0] != batch:
+                sizes = ", ".join(f"{n}: {t.shape[0]}" for n, t in zip(names, tensors) if t.dim() == 3)
+                raise ValueError(f"{op}: batch sizes differ ({sizes})")
+            batch = tensor.shape[0]
+    width = first.shape[-1]
+    if any(t.shape[-1] != width for t in tensors[1:widths]):
+        sizes = ", ".join(f"{n}: {t.shape[-1]}" for n, t in zip(names[:widths], tensors[:widths]))
+        raise ValueError(f"{op}: feature sizes (last dimension) differ ({sizes})")
+    if width == 0:
+        raise ValueError(f"{op}: {', '.join(names[:widths])} need at least one feature; got a last dimension of 0")
+    return batch >= 0, max(batch, 1)

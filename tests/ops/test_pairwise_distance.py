@@ -1,0 +1,187 @@
+"""fewcore.ops.pairwise_distance against the float64 pure-PyTorch reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fewcore.ops as ops
+from fewcore.ops import reference
+from tests.ops._inputs import DTYPES, LAYOUTS, leaf, make, tolerances
+
+
+@pytest.mark.parametrize("metric", ops.METRICS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "single"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_matches_reference(metric: str, dtype: torch.dtype, batched: bool, layout: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    lead = (3,) if batched else ()
+    x, x64 = leaf(make((*lead, 7, 5), layout, dtype, gen))
+    y, y64 = leaf(make((*lead, 4, 5), "contiguous" if layout == "expanded" else layout, dtype, gen))
+    out = ops.pairwise_distance(x, y, metric)
+    expected = reference.pairwise_distance(x64, y64, metric)
+    assert out.dtype == dtype and out.shape == expected.shape == (*lead, 7, 4)
+    torch.testing.assert_close(out.double(), expected, **tolerances(dtype))
+    grad = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+    out.backward(grad.to(dtype))
+    expected.backward(grad)
+    torch.testing.assert_close(x.grad.double(), x64.grad, **tolerances(dtype))
+    torch.testing.assert_close(y.grad.double(), y64.grad, **tolerances(dtype))
+
+
+@pytest.mark.parametrize("metric", ops.METRICS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_many_tiles(metric: str, threads: int) -> None:
+    """Shapes spanning several row and column tiles of the CPU kernel, single and multi-threaded."""
+    gen = torch.Generator().manual_seed(1)
+    x64 = torch.randn(2, 130, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    y64 = torch.randn(2, 1030, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    x, y = (t.detach().float().requires_grad_() for t in (x64, y64))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = ops.pairwise_distance(x, y, metric)
+        out.sum().backward()
+    finally:
+        torch.set_num_threads(before)
+    expected = reference.pairwise_distance(x64, y64, metric)
+    expected.sum().backward()
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(y.grad.double(), y64.grad, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("metric", ops.METRICS)
+def test_gradcheck(metric: str) -> None:
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 5, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: ops.pairwise_distance(a, b, metric), (x, y))
+    assert torch.autograd.gradgradcheck(lambda a, b: ops.pairwise_distance(a, b, metric), (x, y))
+
+
+@pytest.mark.parametrize("metric", [0, 1, 2, 3])
+def test_opcheck(metric: int) -> None:
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 3, generator=gen)
+    y = torch.randn(2, 5, 3, generator=gen)
+    out = torch.ops.fewcore.pairwise_distance(x, y, metric)
+    torch.library.opcheck(torch.ops.fewcore.pairwise_distance.default, (x, y, metric))
+    torch.library.opcheck(
+        torch.ops.fewcore._pairwise_distance_backward.default, (torch.randn_like(out), x, y, out, metric)
+    )
+
+
+def test_near_duplicates_stay_accurate() -> None:
+    """‖x‖² + ‖y‖² − 2x·y cancels for close points far from the origin; the kernel must not."""
+    gen = torch.Generator().manual_seed(4)
+    x = 100 + torch.randn(2, 80, 64, generator=gen)
+    y = x[:, :40] + 1e-3 * torch.randn(2, 40, 64, generator=gen)
+    out = ops.pairwise_distance(x, y, "sqeuclidean")
+    expected = reference.pairwise_distance(x.double(), y.double(), "sqeuclidean")
+    # The nearest pairs are ~64e-6 apart (squared); float32 cancellation would leave ~1e-1 of noise.
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-9)
+    euclid = ops.pairwise_distance(x, y, "euclidean")
+    torch.testing.assert_close(euclid.double(), expected.sqrt(), rtol=1e-4, atol=1e-9)
+
+
+def test_identical_points_give_zero_and_finite_gradients() -> None:
+    x = torch.randn(3, 6, requires_grad=True)
+    for metric in ("sqeuclidean", "euclidean"):
+        out = ops.pairwise_distance(x, x, metric)
+        assert (out >= 0).all() and (out.diagonal() == 0).all()
+        (grad,) = torch.autograd.grad(out.sum(), x)
+        assert torch.isfinite(grad).all()
+    # d‖x−y‖ at x = y is 0 (the subgradient), as in the reference.
+    y = x.detach().clone().requires_grad_()
+    gx, gy = torch.autograd.grad(ops.pairwise_distance(x[:1], y[:1], "euclidean").sum(), (x, y))
+    assert (gx == 0).all() and (gy == 0).all()
+
+
+def test_cosine_of_zero_vector_is_zero_with_finite_gradient() -> None:
+    x = torch.zeros(2, 4)
+    x[1] = torch.randn(4)
+    x.requires_grad_()
+    y = torch.randn(3, 4, requires_grad=True)
+    out = ops.pairwise_distance(x, y, "cosine")
+    assert (out[0] == 0).all()
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
+    x64, y64 = x.detach().double().requires_grad_(), y.detach().double().requires_grad_()
+    reference.pairwise_distance(x64, y64, "cosine").sum().backward()
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_nan_propagates_like_the_reference() -> None:
+    x = torch.randn(2, 3, 4)
+    x[0, 1, 2] = float("nan")
+    y = torch.randn(2, 5, 4)
+    for metric in ops.METRICS:
+        out = ops.pairwise_distance(x, y, metric)
+        expected = reference.pairwise_distance(x, y, metric)
+        assert torch.equal(out.isnan(), expected.isnan()), metric
+        assert out[0, 1].isnan().all() and not out[1].isnan().any()
+
+
+def test_shared_2d_argument_and_empty_sets() -> None:
+    x = torch.randn(3, 4, 5)
+    y = torch.randn(6, 5)
+    torch.testing.assert_close(ops.pairwise_distance(x, y), reference.pairwise_distance(x, y))
+    assert ops.pairwise_distance(torch.randn(3, 0, 5), torch.randn(3, 6, 5)).shape == (3, 0, 6)
+    assert ops.pairwise_distance(torch.randn(3, 4, 5), torch.randn(3, 0, 5)).shape == (3, 4, 0)
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "kwargs", "error", "match"),
+    [
+        (torch.randn(2, 3, 4), torch.randn(2, 3, 5), {}, ValueError, r"feature sizes .* \(x: 4, y: 5\)"),
+        (torch.randn(2, 3, 4), torch.randn(3, 3, 4), {}, ValueError, r"batch sizes differ \(x: 2, y: 3\)"),
+        (torch.randn(4), torch.randn(3, 4), {}, ValueError, r"x must be \[B, rows, features\].*got shape \(4,\)"),
+        (torch.randn(1, 2, 3, 4), torch.randn(3, 4), {}, ValueError, r"x must be .*\(1, 2, 3, 4\)"),
+        (torch.ones(3, 4, dtype=torch.int64), torch.randn(3, 4), {}, TypeError, "x must be float16.*got torch.int64"),
+        (torch.randn(3, 4), torch.randn(3, 4, dtype=torch.float64), {}, TypeError, "y has dtype torch.float64"),
+        (torch.randn(3, 4), torch.randn(3, 4, device="meta"), {}, ValueError, "y is on meta but x is on cpu"),
+        (torch.randn(3, 4), torch.randn(3, 4), {"metric": "manhattan"}, ValueError, "metric must be one of"),
+        (torch.randn(3, 0), torch.randn(3, 0), {}, ValueError, "at least one feature"),
+        ([[1.0]], torch.randn(3, 4), {}, TypeError, "x must be a torch.Tensor; got list"),
+    ],
+)
+def test_bad_input_is_a_clear_error(x: object, y: object, kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        ops.pairwise_distance(x, y, **kwargs)  # type: ignore[arg-type]
+
+
+def test_kernel_checks_its_arguments() -> None:
+    """A direct torch.ops call gets a RuntimeError naming the problem, not a crash."""
+    import fewcore.ops._compiled  # noqa: F401  (loads the kernels)
+
+    with pytest.raises(RuntimeError, match="x has 4 features but y has 5"):
+        torch.ops.fewcore.pairwise_distance(torch.randn(1, 2, 4), torch.randn(1, 2, 5), 0)
+    with pytest.raises(RuntimeError, match="metric code must be"):
+        torch.ops.fewcore.pairwise_distance(torch.randn(1, 2, 4), torch.randn(1, 2, 4), 7)
+    with pytest.raises(RuntimeError, match="must be 3-D"):
+        torch.ops.fewcore.pairwise_distance(torch.randn(2, 4), torch.randn(2, 4), 0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    b=st.integers(1, 3),
+    n=st.integers(1, 9),
+    m=st.integers(1, 9),
+    d=st.one_of(st.integers(1, 9), st.just(1200)),
+    metric=st.sampled_from(ops.METRICS),
+    seed=st.integers(0, 2**16),
+)
+def test_hypothesis_shapes(b: int, n: int, m: int, d: int, metric: str, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, n, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(b, m, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    out = ops.pairwise_distance(x, y, metric)
+    expected = reference.pairwise_distance(x, y, metric)
+    torch.testing.assert_close(out, expected)
+    grads = torch.autograd.grad(out.sum(), (x, y))
+    expected_grads = torch.autograd.grad(expected.sum(), (x, y))
+    torch.testing.assert_close(grads, expected_grads)
