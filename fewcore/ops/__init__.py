@@ -28,9 +28,11 @@ __all__ = ["METRICS", "episode_attention", "pairwise_distance", "reference"]
 
 def _autocast(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Under autocast, compute in float32 (low-precision inputs are upcast; float64 is kept)."""
-    device_type = tensors[0].device.type
-    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
-        return tuple(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors)
+    first = tensors[0]
+    if isinstance(first, torch.Tensor) and first.device.type in ("cpu", "cuda"):
+        if torch.is_autocast_enabled(first.device.type):
+            low = (torch.float16, torch.bfloat16)
+            return tuple(t.float() if isinstance(t, torch.Tensor) and t.dtype in low else t for t in tensors)
     return tensors
 
 
@@ -50,8 +52,8 @@ def pairwise_distance(x: torch.Tensor, y: torch.Tensor, metric: str = "sqeuclide
         ValueError / TypeError: naming the argument, what was expected and what was given.
     """
     code = check_metric(metric)
-    batched, batch = check_batch("pairwise_distance", ("x", "y"), (x, y), widths=2)
     x, y = _autocast(x, y)
+    batched, batch = check_batch("pairwise_distance", ("x", "y"), (x, y), widths=2)
     if _extension.active_implementation() == "reference":
         return reference.pairwise_distance(x, y, metric)
     from fewcore.ops import _compiled  # raises ExtensionNotAvailable when fewcore._C did not load
@@ -83,6 +85,7 @@ def episode_attention(
     """
     code = check_metric(metric)
     temperature = check_temperature(temperature)
+    q, s, v = _autocast(q, s, v)
     batched, batch = check_batch("episode_attention", ("q", "s", "v"), (q, s, v), widths=2)
     if s.shape[-2] != v.shape[-2]:
         raise ValueError(
@@ -90,7 +93,6 @@ def episode_attention(
         )
     if s.shape[-2] == 0:
         raise ValueError("episode_attention: the support set is empty (M = 0); a softmax over nothing is undefined")
-    q, s, v = _autocast(q, s, v)
     if _extension.active_implementation() == "reference":
         return reference.episode_attention(q, s, v, metric, temperature)
     from fewcore.ops import _compiled  # raises ExtensionNotAvailable when fewcore._C did not load

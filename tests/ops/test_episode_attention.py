@@ -1,0 +1,174 @@
+"""fewcore.ops.episode_attention against the float64 pure-PyTorch reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fewcore.ops as ops
+from fewcore.ops import reference
+from tests.ops._inputs import DTYPES, LAYOUTS, leaf, make, tolerances
+
+
+@pytest.mark.parametrize("metric", ops.METRICS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "single"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_matches_reference(metric: str, dtype: torch.dtype, batched: bool, layout: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    lead = (3,) if batched else ()
+    other = "contiguous" if layout == "expanded" else layout
+    q, q64 = leaf(make((*lead, 7, 5), layout, dtype, gen))
+    s, s64 = leaf(make((*lead, 4, 5), other, dtype, gen))
+    v, v64 = leaf(make((*lead, 4, 3), other, dtype, gen))
+    # Distances between unit-variance 5-D points reach ~20: a temperature keeps the softmax soft.
+    temperature = 4.0 if metric in ("sqeuclidean", "dot") else 0.5
+    out = ops.episode_attention(q, s, v, metric, temperature)
+    expected = reference.episode_attention(q64, s64, v64, metric, temperature)
+    assert out.dtype == dtype and out.shape == expected.shape == (*lead, 7, 3)
+    torch.testing.assert_close(out.double(), expected, **tolerances(dtype))
+    grad = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+    out.backward(grad.to(dtype))
+    expected.backward(grad)
+    for mine, theirs in ((q, q64), (s, s64), (v, v64)):
+        torch.testing.assert_close(mine.grad.double(), theirs.grad, **tolerances(dtype))
+
+
+@pytest.mark.parametrize("metric", ops.METRICS)
+@pytest.mark.parametrize(("batch", "threads"), [(1, 2), (3, 2), (1, 1)])
+def test_many_tiles(metric: str, batch: int, threads: int) -> None:
+    """Several query and support tiles: the streaming softmax and both backward schedules
+    (whole tasks per thread, and split passes when there are fewer tasks than threads)."""
+    gen = torch.Generator().manual_seed(1)
+    q64 = torch.randn(batch, 130, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    s64 = torch.randn(batch, 1100, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    v64 = torch.randn(batch, 1100, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    q, s, v = (t.detach().float().requires_grad_() for t in (q64, s64, v64))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = ops.episode_attention(q, s, v, metric, 2.0)
+        out.sum().backward()
+    finally:
+        torch.set_num_threads(before)
+    expected = reference.episode_attention(q64, s64, v64, metric, 2.0)
+    expected.sum().backward()
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-5)
+    for mine, theirs in ((q, q64), (s, s64), (v, v64)):
+        torch.testing.assert_close(mine.grad.double(), theirs.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("metric", ops.METRICS)
+def test_gradcheck(metric: str) -> None:
+    gen = torch.Generator().manual_seed(2)
+    # Small: gradgradcheck differentiates through the reference once per input element.
+    q = torch.randn(1, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    s = torch.randn(1, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+
+    def attention(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return ops.episode_attention(a, b, c, metric, 0.7)
+
+    assert torch.autograd.gradcheck(attention, (q, s, v))
+    assert torch.autograd.gradgradcheck(attention, (q, s, v))
+
+
+@pytest.mark.parametrize("metric", [0, 1, 2, 3])
+def test_opcheck(metric: int) -> None:
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 4, 3, generator=gen)
+    s = torch.randn(2, 5, 3, generator=gen)
+    v = torch.randn(2, 5, 2, generator=gen)
+    out, lse = torch.ops.fewcore.episode_attention(q, s, v, metric, 0.5)
+    torch.library.opcheck(torch.ops.fewcore.episode_attention.default, (q, s, v, metric, 0.5))
+    torch.library.opcheck(
+        torch.ops.fewcore._episode_attention_backward.default,
+        (torch.randn_like(out), q, s, v, out, lse, metric, 0.5),
+    )
+
+
+def test_log_sum_exp_is_saved() -> None:
+    q, s, v = torch.randn(2, 4, 3), torch.randn(2, 5, 3), torch.randn(2, 5, 2)
+    _, lse = torch.ops.fewcore.episode_attention(q, s, v, 3, 0.5)
+    torch.testing.assert_close(lse, torch.logsumexp(q @ s.transpose(1, 2) / 0.5, dim=-1))
+
+
+def test_one_hot_values_give_class_probabilities() -> None:
+    """The Matching Networks read-out: rows are distributions over the support labels."""
+    labels = torch.tensor([[0, 1, 2, 0, 1, 2]])
+    support = torch.randn(1, 6, 8)
+    out = ops.episode_attention(torch.randn(1, 9, 8), support, torch.nn.functional.one_hot(labels, 3).float())
+    torch.testing.assert_close(out.sum(-1), torch.ones(1, 9))
+    assert (out >= 0).all()
+
+
+def test_large_scores_do_not_overflow() -> None:
+    """The softmax is shifted by its running maximum: scores of ±1e4 stay finite."""
+    q = torch.randn(2, 5, 4) * 100
+    s = torch.randn(2, 7, 4) * 100
+    v = torch.randn(2, 7, 3)
+    out = ops.episode_attention(q, s, v, "dot", 1.0)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, reference.episode_attention(q.double(), s.double(), v.double(), "dot").float())
+
+
+def test_nan_propagates_like_the_reference() -> None:
+    q, s, v = torch.randn(2, 3, 4), torch.randn(2, 5, 4), torch.randn(2, 5, 2)
+    q[0, 1, 2] = float("nan")
+    for metric in ops.METRICS:
+        out = ops.episode_attention(q, s, v, metric)
+        expected = reference.episode_attention(q, s, v, metric)
+        assert torch.equal(out.isnan(), expected.isnan()), metric
+        assert out[0, 1].isnan().all() and not out[1].isnan().any()
+
+
+def test_shared_2d_arguments_and_empty_queries() -> None:
+    q, s, v = torch.randn(3, 4, 5), torch.randn(6, 5), torch.randn(6, 2)
+    torch.testing.assert_close(ops.episode_attention(q, s, v), reference.episode_attention(q, s, v))
+    assert ops.episode_attention(torch.randn(3, 0, 5), torch.randn(3, 6, 5), torch.randn(3, 6, 2)).shape == (3, 0, 2)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "match"),
+    [
+        ((torch.randn(2, 3, 4), torch.randn(2, 5, 6), torch.randn(2, 5, 2)), {}, ValueError, r"\(q: 4, s: 6\)"),
+        ((torch.randn(2, 3, 4), torch.randn(2, 5, 4), torch.randn(2, 6, 2)), {}, ValueError, "got 5 and 6 rows"),
+        ((torch.randn(2, 3, 4), torch.randn(2, 5, 4), torch.randn(3, 5, 2)), {}, ValueError, r"\(q: 2, s: 2, v: 3\)"),
+        ((torch.randn(3, 4), torch.randn(0, 4), torch.randn(0, 2)), {}, ValueError, r"support set is empty \(M = 0\)"),
+        ((torch.randn(3, 4), torch.randn(5, 4), torch.ones(5, 2, dtype=torch.int32)), {}, TypeError, "v must be"),
+        ((torch.randn(3, 4), torch.randn(5, 4), torch.randn(5, 2, device="meta")), {}, ValueError, "v is on meta"),
+        ((torch.randn(3, 4), torch.randn(5, 4), torch.randn(5, 2)), {"temperature": 0.0}, ValueError, "temperature"),
+        ((torch.randn(3, 4), torch.randn(5, 4), torch.randn(5, 2)), {"temperature": float("nan")}, ValueError, "finite"),
+        ((torch.randn(3, 4), torch.randn(5, 4), torch.randn(5, 2)), {"metric": "l1"}, ValueError, "metric must be"),
+        ((torch.randn(5), torch.randn(5, 4), torch.randn(5, 2)), {}, ValueError, r"q must be .*got shape \(5,\)"),
+    ],
+)
+def test_bad_input_is_a_clear_error(args: tuple, kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        ops.episode_attention(*args, **kwargs)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    b=st.integers(1, 3),
+    n=st.integers(1, 9),
+    m=st.integers(1, 9),
+    d=st.one_of(st.integers(1, 9), st.just(1200)),
+    c=st.integers(1, 5),
+    metric=st.sampled_from(ops.METRICS),
+    seed=st.integers(0, 2**16),
+)
+def test_hypothesis_shapes(b: int, n: int, m: int, d: int, c: int, metric: str, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, n, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    s = torch.randn(b, m, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(b, m, c, generator=gen, dtype=torch.float64, requires_grad=True)
+    temperature = float(d) if metric in ("sqeuclidean", "dot") else 1.0
+    out = ops.episode_attention(q, s, v, metric, temperature)
+    expected = reference.episode_attention(q, s, v, metric, temperature)
+    torch.testing.assert_close(out, expected)
+    grads = torch.autograd.grad(out.sum(), (q, s, v))
+    expected_grads = torch.autograd.grad(expected.sum(), (q, s, v))
+    torch.testing.assert_close(grads, expected_grads)
