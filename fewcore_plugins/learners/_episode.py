@@ -43,19 +43,22 @@ def check_task_batch(support_x: Tensor, support_y: Tensor, query_x: Tensor, n_wa
         raise ValueError(f"support_y must hold integer class labels; got dtype {support_y.dtype}")
     if support_y.numel() == 0:
         raise ValueError("the support set is empty")
-    lowest, highest = int(support_y.min()), int(support_y.max())
     if n_way is None:
-        n_way = highest + 1
-    if lowest < 0 or highest >= n_way:
-        raise ValueError(f"support labels must lie in 0..{n_way - 1} (n_way={n_way}); got labels {lowest}..{highest}")
-    counts = class_one_hot(support_y, n_way).sum(dim=1)  # [B, N]
-    empty = (counts == 0).nonzero()
-    if len(empty):
-        task, label = (int(i) for i in empty[0])
+        n_way = int(support_y.max()) + 1
+    if n_way < 1:
+        raise ValueError(f"support labels must lie in 0..N-1; got labels up to {int(support_y.max())}")
+    # One host sync on the happy path: the details are worked out only to explain a failure.
+    in_range = (support_y >= 0) & (support_y < n_way)
+    counts = class_one_hot(support_y.clamp(0, n_way - 1), n_way).sum(dim=1)  # [B, N]
+    if bool(in_range.all() & (counts > 0).all()):
+        return n_way
+    if not bool(in_range.all()):
         raise ValueError(
-            f"class {label} has no support item in task {task}; every class 0..{n_way - 1} needs at least one"
+            f"support labels must lie in 0..{n_way - 1} (n_way={n_way}); "
+            f"got labels {int(support_y.min())}..{int(support_y.max())}"
         )
-    return n_way
+    task, label = (int(i) for i in (counts == 0).nonzero()[0])
+    raise ValueError(f"class {label} has no support item in task {task}; every class 0..{n_way - 1} needs at least one")
 
 
 def check_episode(episode: Episode) -> int:
@@ -65,7 +68,7 @@ def check_episode(episode: Episode) -> int:
         raise ValueError(
             f"query_y must be [B, Nq] = {tuple(episode.query_x.shape[:2])}; got {tuple(episode.query_y.shape)}"
         )
-    if episode.query_y.numel() and (int(episode.query_y.min()) < 0 or int(episode.query_y.max()) >= n_way):
+    if bool(((episode.query_y < 0) | (episode.query_y >= n_way)).any()):
         raise ValueError(
             f"query labels must lie in 0..{n_way - 1} (n_way={n_way}); "
             f"got {int(episode.query_y.min())}..{int(episode.query_y.max())}"

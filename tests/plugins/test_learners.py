@@ -190,6 +190,8 @@ def test_bad_episodes_are_explained(name: str) -> None:
         learner.predict(episode.support_x, episode.support_y[:, :2], episode.query_x)
     with pytest.raises(ValueError, match="same number of tasks and the same item shape"):
         learner.predict(episode.support_x, episode.support_y, episode.query_x[:, :, :3])
+    with pytest.raises(ValueError, match="support labels must lie in 0"):
+        learner.predict(episode.support_x, episode.support_y - 5, episode.query_x)
     with pytest.raises(ValueError, match="integer class labels"):
         learner.predict(episode.support_x, episode.support_y.float(), episode.query_x)
     with pytest.raises(ValueError, match=r"query labels must lie in 0\.\.2"):
