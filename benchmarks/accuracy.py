@@ -1,0 +1,112 @@
+"""Omniglot accuracy benchmark: one command per learner, results for docs/RESULTS.md.
+
+Protocol (issue 4): meta-train on Omniglot ``images_background_small1`` (rotation augmentation
+on), validate on held-out small1 classes, and test ``best.pt`` on the alphabets of
+``images_background_small2`` that small1 lacks (Japanese_(katakana), Sanskrit, Tagalog) over
+1,000 episodes each of 5-way 1-shot, 5-way 5-shot and 20-way 1-shot. The training recipe of each
+learner is its config, ``configs/<learner>_omniglot.toml``.
+
+    python benchmarks/accuracy.py protonet            # about an hour on 2 CPU cores
+    python benchmarks/accuracy.py matching
+    python benchmarks/accuracy.py protonet --set train.steps=300   # a short run (label it so!)
+
+Writes ``runs/accuracy/<learner>/results.json`` (accuracies with 95% CIs, training time,
+episodes/s, versions, threads, CPU) and prints a Markdown row for docs/RESULTS.md. An
+interrupted run continues where it stopped when started again with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import fewcore
+from fewcore.config import load_config
+from fewcore.engine import evaluate, load_model, train
+from fewcore.engine._build import build_dataset, resolve_device
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OMNIGLOT = Path(os.environ.get("FEWCORE_OMNIGLOT", REPO.parent / "shared" / "data" / "omniglot"))
+SETTINGS = ("5-way 1-shot", "5-way 5-shot", "20-way 1-shot")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("learner", help="the learner: configs/<learner>_omniglot.toml is its recipe")
+    parser.add_argument("--omniglot", type=Path, default=DEFAULT_OMNIGLOT, help="folder with images_background_small{1,2}.zip")
+    parser.add_argument("--episodes", type=int, default=1000, help="test episodes per setting")
+    parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/accuracy/<learner>")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = parser.parse_args(argv)
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    config_path = REPO / "configs" / f"{args.learner}_omniglot.toml"
+    run_dir = args.run_dir or REPO / "runs" / "accuracy" / args.learner
+    overrides = [f"dataset.root={json.dumps(str(args.omniglot))}", f"run.dir={json.dumps(str(run_dir))}", *args.overrides]
+    config = load_config(config_path, overrides)
+
+    trained = train(config, resume=args.resume)
+    device = resolve_device(config.train.device)
+    model = load_model(trained.best_checkpoint, device)
+    dataset = build_dataset(config)
+    started = time.perf_counter()
+    results = evaluate(
+        model.learner, dataset, SETTINGS, episodes=args.episodes, q_query=config.eval.q_query,
+        batch_size=config.eval.batch_size, split="test", seed=config.eval.seed, sampler=config.sampler,
+        device=device, progress=True,
+    )
+    eval_seconds = time.perf_counter() - started
+
+    report = {
+        "learner": args.learner,
+        "config": str(config_path.relative_to(REPO)),
+        "overrides": args.overrides,
+        "steps": trained.steps,
+        "episodes_per_step": config.train.batch_size,
+        "train_setting": f"{config.train.n_way}-way {config.train.k_shot}-shot, {config.train.q_query} queries",
+        "best_step": trained.best_step,
+        "best_val": str(trained.best_val) if trained.best_val else None,
+        "train_seconds": trained.train_seconds,
+        "train_episodes_per_s": trained.episodes_per_s,
+        "eval_seconds": eval_seconds,
+        "results": {r.setting: {"accuracy": r.accuracy, "ci95": r.ci95, "episodes": r.episodes} for r in results},
+        "torch": torch.__version__,
+        "fewcore": fewcore.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": _cpu_name(),
+        "device": str(device),
+    }
+    (run_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    for result in results:
+        print(result)
+    cells = " | ".join(f"{100 * r.accuracy:.1f} ± {100 * r.ci95:.1f}" for r in results)
+    print(
+        f"| {args.learner} | {cells} | {trained.steps} | {trained.train_seconds / 60:.0f} min | "
+        f"{trained.episodes_per_s:.1f} |"
+    )
+    print(f"results: {run_dir / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
