@@ -368,6 +368,8 @@ def _read_resume_state(config: Config, last_path: Path, resume: bool) -> dict[st
             "resume it with --resume (train(..., resume=True)) or choose another run directory (--run-dir)"
         )
     changes = _config_changes(saved["config"], config.to_dict())
+    if config.train.scheduler == "cosine" and saved["config"]["train"]["steps"] != config.train.steps:
+        changes.append("train.steps (the cosine schedule spans train.steps, so it cannot change)")
     if changes:
         raise ResumeError(
             f"cannot resume {last_path}: the config differs in {', '.join(changes)} "

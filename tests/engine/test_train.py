@@ -93,11 +93,12 @@ def _kill_at(step: int):
 
 @pytest.mark.parametrize("kill_at", [6, 8])  # between two checkpoints; right after one
 def test_resume_equals_uninterrupted(fakes, tmp_path: Path, kill_at: int) -> None:
-    whole = train(_config(tmp_path / "whole"), progress=False)
+    options = {"scheduler": "step", "step_size": 3, "gamma": 0.5}  # the LR schedule's state matters too
+    whole = train(_config(tmp_path / "whole", **options), progress=False)
     with pytest.raises(_Killed):
-        train(_config(tmp_path / "cut"), progress=False, on_step=_kill_at(kill_at))
+        train(_config(tmp_path / "cut", **options), progress=False, on_step=_kill_at(kill_at))
     assert load_checkpoint(tmp_path / "cut/checkpoints/last.pt")["step"] == 4 * (kill_at // 4)
-    resumed = train(_config(tmp_path / "cut"), resume=True, progress=False)
+    resumed = train(_config(tmp_path / "cut", **options), resume=True, progress=False)
 
     assert resumed.steps == whole.steps and resumed.best_step == whole.best_step
     for name in ("last.pt", "best.pt"):
@@ -152,6 +153,12 @@ def test_resume_refuses_a_different_config(fakes, tmp_path: Path) -> None:
     train(_config(tmp_path / "run", steps=4), progress=False)
     with pytest.raises(ResumeError, match=r"differs in train\.lr"):
         train(_config(tmp_path / "run", steps=8, lr=0.5), resume=True, progress=False)
+
+
+def test_a_cosine_schedule_cannot_be_extended(fakes, tmp_path: Path) -> None:
+    train(_config(tmp_path / "run", steps=4, scheduler="cosine"), progress=False)
+    with pytest.raises(ResumeError, match="cosine schedule spans train.steps"):
+        train(_config(tmp_path / "run", steps=8, scheduler="cosine"), resume=True, progress=False)
 
 
 def test_resume_without_checkpoint_starts_over(fakes, tmp_path: Path) -> None:
