@@ -160,6 +160,10 @@ def train(
     """
     device = resolve_device(config.train.device)
     rank, world_size = _distributed(device)
+    if world_size > 1 and device.type == "cuda" and device.index is None:
+        # One GPU per process, as torchrun numbers them on each node.
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
     run_dir = Path(config.run.dir)
     last_path, best_path = checkpoint_paths(run_dir)
     saved = _read_resume_state(config, last_path, resume)

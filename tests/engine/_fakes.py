@@ -58,6 +58,11 @@ class IndexSampler(EpisodeSampler):
         self.dataset, self.split = dataset, split
         self.n_way, self.k_shot, self.q_query, self.batch_size, self.seed = n_way, k_shot, q_query, batch_size, seed
         self.index = 0
+        if n_way > len(dataset.classes(split)):
+            raise ValueError(f"{n_way}-way episodes need {n_way} classes; split {split!r} has {len(dataset.classes(split))}")
+        for name in dataset.classes(split):
+            if len(dataset.items(name)) < k_shot + q_query:
+                raise ValueError(f"class {name!r} has {len(dataset.items(name))} items; {k_shot + q_query} are needed")
 
     def _task(self, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         names = self.dataset.classes(self.split)
@@ -96,6 +101,10 @@ class Linear(Backbone):
         self.in_features = in_features
         self.layer = nn.Linear(in_features, out_features)
         self.dropout = nn.Dropout(dropout)
+
+    @property
+    def example_input_shape(self) -> tuple[int, ...]:
+        return (self.in_features,)
 
     def embedding_size(self, input_shape: tuple[int, ...]) -> int:
         if tuple(input_shape) != (self.in_features,):
