@@ -1,0 +1,61 @@
+"""A training process killed with SIGKILL and resumed ends exactly where an uninterrupted run does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fewcore.config import Config
+from fewcore.engine import load_checkpoint, train
+from tests.conftest import REPO_ROOT
+from tests.engine._fakes import fake_config_dict
+
+STEPS = 40
+
+# Trains the fake run of fake_config_dict, slowed down so that the test can kill it mid-run.
+CHILD = f"""
+import sys, time
+import fewcore
+from fewcore.config import Config
+from fewcore.engine import train
+from tests.engine._fakes import fake_config_dict, fake_registry
+fewcore._plugins._default = fake_registry()
+config = Config.from_dict(fake_config_dict(sys.argv[1], steps={STEPS}))
+train(config, progress=False, on_step=lambda step, learner: time.sleep(0.05))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+def test_sigkilled_run_resumes_to_the_uninterrupted_result(fakes, tmp_path: Path) -> None:
+    killed = tmp_path / "killed"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(killed)], cwd=REPO_ROOT)
+    last = killed / "checkpoints" / "last.pt"
+    try:
+        deadline = time.monotonic() + 120
+        while not (last.exists() and load_checkpoint(last)["step"] >= 8):
+            assert child.poll() is None, "the training process ended before it could be killed"
+            assert time.monotonic() < deadline, "the training process made no progress"
+            time.sleep(0.02)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    stopped_at = load_checkpoint(last)["step"]
+    assert 8 <= stopped_at < STEPS, "the kill came too late to test anything"
+
+    config = fake_config_dict(str(killed), steps=STEPS)
+    resumed = train(Config.from_dict(config), resume=True, progress=False)
+    whole = train(Config.from_dict(fake_config_dict(str(tmp_path / "whole"), steps=STEPS)), progress=False)
+    assert resumed.steps == whole.steps == STEPS
+    a, b = load_checkpoint(resumed.last_checkpoint), load_checkpoint(whole.last_checkpoint)
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    assert a["best"] == b["best"]
