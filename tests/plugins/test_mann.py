@@ -1,0 +1,155 @@
+"""MANN: memory read/write shapes, least-recently-used writes, label offset, accuracy by instance, learning."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor
+
+import fewcore
+from fewcore import Episode
+from fewcore_plugins.learners.mann import (
+    MANN,
+    accuracy_by_instance,
+    initial_memory,
+    least_used_weights,
+    memory_step,
+)
+
+
+def test_least_used_weights_put_head_j_on_the_jth_least_used_slot() -> None:
+    usage = torch.tensor([[0.5, 0.1, 0.3, 0.0], [0.0, 0.0, 2.0, 1.0]])
+    expected = torch.tensor(
+        [[[0.0, 0.0, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0]], [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]]
+    )
+    assert torch.equal(least_used_weights(usage, 2), expected)
+
+
+def test_memory_step_shapes() -> None:
+    state = initial_memory(batch=3, slots=7, width=5, n_heads=2, like=torch.zeros(()))
+    reads, after = memory_step(state, torch.randn(3, 2, 5), torch.zeros(3, 2), torch.ones(3, 2), decay=0.9)
+    assert reads.shape == (3, 2, 5)
+    assert after.memory.shape == (3, 7, 5) and after.usage.shape == (3, 7)
+    assert after.read_weights.shape == after.least_used.shape == (3, 2, 7)
+    torch.testing.assert_close(after.read_weights.sum(-1), torch.ones(3, 2))
+    torch.testing.assert_close(reads, after.read_weights @ after.memory)  # r_t = Σ_i w^r_t(i) M_t(i)
+
+
+def _orthogonal_keys(count: int, width: int) -> Tensor:
+    return torch.eye(width)[:count] * 3.0
+
+
+def test_lru_writes_fill_free_slots_in_order_then_overwrite_the_least_recently_used() -> None:
+    slots, width, decay = 3, 4, 0.5
+    keys = _orthogonal_keys(4, width)
+    state = initial_memory(1, slots, width, 1, torch.zeros(()))
+    never_previous = torch.full((1, 1), -math.inf)  # σ(α) = 0: write only to the least used slot
+    sharp = torch.full((1, 1), 50.0)
+    for t in range(3):
+        _, state = memory_step(state, keys[t].view(1, 1, width), never_previous, sharp, decay)
+        # the t-th key went to the t-th free slot, untouched otherwise
+        torch.testing.assert_close(state.memory[0, t], keys[t], atol=1e-5, rtol=0)
+    assert state.usage[0].argmin().item() == 0  # slot 0, written first, is now the least recently used
+    _, state = memory_step(state, keys[3].view(1, 1, width), never_previous, sharp, decay)
+    torch.testing.assert_close(state.memory[0, 0], keys[3], atol=1e-6, rtol=0)  # erased, then overwritten
+    torch.testing.assert_close(state.memory[0, 1:], keys[1:3], atol=1e-5, rtol=0)  # the others are kept
+
+
+def test_gate_open_writes_to_the_previously_read_slot() -> None:
+    width = 4
+    keys = _orthogonal_keys(2, width)
+    state = initial_memory(1, 3, width, 1, torch.zeros(()))
+    sharp = torch.full((1, 1), 50.0)
+    _, state = memory_step(state, keys[0].view(1, 1, width), torch.full((1, 1), -math.inf), sharp, 0.9)
+    read_slot = state.read_weights[0, 0].argmax().item()
+    assert read_slot == 0  # the key just written is the best match
+    _, state = memory_step(state, keys[1].view(1, 1, width), torch.full((1, 1), math.inf), sharp, 0.9)
+    torch.testing.assert_close(state.memory[0, 0], keys[0] + keys[1], atol=1e-4, rtol=0)  # added to slot 0
+
+
+def test_accuracy_by_instance_counts_presentations_per_class() -> None:
+    labels = torch.tensor([[0, 1, 0, 0, 1, 1]])
+    predicted = torch.tensor([[1, 0, 0, 1, 1, 1]])
+    logits = torch.nn.functional.one_hot(predicted, 2).float()
+    # 1st presentations: steps 0, 1 (both wrong); 2nd: steps 2, 4 (both right); 3rd: steps 3 (wrong), 5 (right)
+    assert accuracy_by_instance(logits, labels, (1, 2, 3, 10)) == {1: 0.0, 2: 1.0, 3: 0.5}
+
+
+def _mann(**config: object) -> MANN:
+    backbone = fewcore.create("backbone", "mlp", in_features=6, hidden_features=[], out_features=8)
+    return MANN(backbone, n_way=3, hidden_size=16, memory_slots=8, memory_width=5, read_heads=2, **config)
+
+
+def test_a_label_is_seen_only_one_step_after_its_item() -> None:
+    torch.manual_seed(0)
+    learner = _mann()
+    x, y = torch.randn(2, 6, 6), torch.randint(0, 3, (2, 6))
+    logits = learner.sequence_logits(x, y, 3)
+    assert logits.shape == (2, 6, 3)
+    changed = y.clone()
+    changed[:, 3] = (y[:, 3] + 1) % 3
+    again = learner.sequence_logits(x, changed, 3)
+    torch.testing.assert_close(again[:, :4], logits[:, :4])  # steps ≤ 3 never saw y_3
+    assert not torch.allclose(again[:, 4:], logits[:, 4:])  # step 4 did
+
+
+def test_queries_are_read_independently_and_shapes_follow_the_contract() -> None:
+    torch.manual_seed(1)
+    learner = _mann().eval()
+    support_x, support_y = torch.randn(2, 3, 6), torch.tensor([[2, 0, 1], [0, 1, 2]])
+    query_x = torch.randn(2, 4, 6)
+    scores = learner.predict(support_x, support_y, query_x)
+    assert scores.shape == (2, 4, 3)
+    alone = learner.predict(support_x, support_y, query_x[:, 2:3])
+    torch.testing.assert_close(alone[:, 0], scores[:, 2])
+    with pytest.raises(ValueError, match="n_way >= 4"):
+        learner.predict(torch.randn(1, 4, 6), torch.tensor([[0, 1, 2, 3]]), query_x[:1])
+
+
+def test_bad_configuration_is_reported() -> None:
+    with pytest.raises(ValueError, match="memory_slots"):
+        _mann_config(memory_slots=1, read_heads=2)
+    with pytest.raises(ValueError, match="usage_decay"):
+        _mann_config(usage_decay=1.5)
+
+
+def _mann_config(**config: object) -> MANN:
+    backbone = fewcore.create("backbone", "mlp", in_features=6, hidden_features=[], out_features=8)
+    return MANN(backbone, **config)
+
+
+def _new_class_sequences(generator: torch.Generator, batch: int, n_way: int, per_class: int, features: int) -> Episode:
+    """Episodes of classes never seen before (a fresh Gaussian mean per class and task)."""
+    means = torch.randn(batch, n_way, features, generator=generator)
+
+    def part(count: int) -> tuple[Tensor, Tensor]:
+        y = torch.stack([torch.randperm(n_way * count, generator=generator) % n_way for _ in range(batch)])
+        x = means[torch.arange(batch)[:, None], y] + 0.1 * torch.randn(batch, n_way * count, features, generator=generator)
+        return x, y
+
+    (support_x, support_y), (query_x, query_y) = part(1), part(per_class - 1)
+    return Episode(support_x, support_y, query_x, query_y, n_way, 1)
+
+
+def test_mann_learns_to_label_sequences_above_chance() -> None:
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    backbone = fewcore.create("backbone", "mlp", in_features=8, hidden_features=[], out_features=8)
+    learner = MANN(backbone, n_way=3, hidden_size=32, memory_slots=16, memory_width=8, read_heads=1)
+    test = _new_class_sequences(torch.Generator().manual_seed(1), 64, 3, 4, 8)
+    x, y = torch.cat([test.support_x, test.query_x], 1), torch.cat([test.support_y, test.query_y], 1)
+
+    def sequence_accuracy() -> float:
+        with torch.no_grad():
+            return (learner.sequence_logits(x, y, 3).argmax(-1) == y).float().mean().item()
+
+    before = sequence_accuracy()
+    optimizer = torch.optim.Adam(learner.parameters(), lr=3e-3)
+    for _ in range(100):
+        optimizer.zero_grad()
+        learner(_new_class_sequences(generator, 16, 3, 4, 8)).loss.backward()
+        optimizer.step()
+    after = sequence_accuracy()
+    assert after > 0.43 and after > before + 0.08, f"sequence accuracy {before:.2f} → {after:.2f} (chance 0.33)"
