@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
 
+import fewcore
 from fewcore.cli import main
 from tests.engine._fakes import fakes  # noqa: F401 - fixture
 
@@ -92,3 +97,110 @@ def test_eval_and_plot_errors(fakes, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "without checkpoints" in capsys.readouterr().err
     assert main(["plot", str(tmp_path)]) == 2
     assert "no metrics" in capsys.readouterr().err
+
+
+# End to end with the built-in components: glyphs → episodic sampler → Conv4 → Prototypical Networks.
+TINY_DEMO = """
+[dataset]
+name = "glyphs"
+alphabets = 10
+characters = 10
+drawings = 10
+[backbone]
+name = "conv4"
+in_channels = 1
+hidden_channels = 16
+[learner]
+name = "protonet"
+[train]
+steps = 30
+n_way = 10
+k_shot = 1
+q_query = 5
+lr = 0.003
+checkpoint_every = 15
+log_every = 5
+[val]
+every = 15
+episodes = 20
+q_query = 5
+[eval]
+episodes = 40
+settings = ["5-way 1-shot", "5-way 5-shot"]
+q_query = 5
+"""
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("demo")
+    config = root / "tiny_demo.toml"
+    config.write_text(TINY_DEMO)
+    run = root / "run"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["demo", "--config", str(config), "--run-dir", str(run), "--no-progress", "--device", "cpu"])
+    assert code == 0, out.getvalue()
+    return run, out.getvalue()
+
+
+def test_demo_trains_tests_and_reports(demo_run: tuple[Path, str]) -> None:
+    run, out = demo_run
+    for expected in ("5-way 1-shot: ", "5-way 5-shot: ", "± ", "(40 episodes)", "best validation: step",
+                     f"checkpoint: {run / 'checkpoints' / 'best.pt'}", f"learning curves: {run / 'curves.png'}"):
+        assert expected in out, f"{expected!r} missing from the demo's output:\n{out}"
+    results = {r["setting"]: r for r in json.loads((run / "eval.json").read_text())["results"]}
+    # Chance is 20%: the learner learned, on alphabets it never saw.
+    assert results["5-way 1-shot"]["accuracy"] > 0.5, results
+    assert results["5-way 5-shot"]["accuracy"] > results["5-way 1-shot"]["accuracy"] - 0.05, results
+    assert (run / "curves.png").is_file() and (run / "metrics.csv").is_file()
+
+
+def test_demo_reuses_a_finished_run(demo_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    run, first = demo_run
+    config = run.parent / "tiny_demo.toml"
+    assert main(["demo", "--config", str(config), "--run-dir", str(run), "--no-progress", "--device", "cpu"]) == 0
+    again = capsys.readouterr().out
+    line = next(l for l in first.splitlines() if l.strip().startswith("5-way 1-shot"))
+    assert line in again, "the same checkpoint and test episodes give the same accuracy"
+
+
+def _save_png(image: torch.Tensor, path: Path, invert: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = (image[0] if not invert else 1 - image[0]).mul(255).round().byte().numpy()
+    Image.fromarray(pixels, mode="L").save(path)
+
+
+@pytest.mark.parametrize("invert", [False, True], ids=["ink-on-black", "dark-strokes-on-white"])
+def test_predict_classifies_a_query_folder(demo_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], invert: bool) -> None:
+    run, _ = demo_run
+    dataset = fewcore.create("dataset", "glyphs", alphabets=10, characters=10, drawings=10)
+    classes = dataset.classes("test")[:: len(dataset.classes("test")) // 4][:4]
+    truth = {}
+    for c, name in enumerate(classes):
+        items = dataset.items(name)
+        label = f"class{c}"
+        for i in range(2):
+            _save_png(items[i], tmp_path / "support" / label / f"{i}.png", invert)
+        for i in range(2, 5):
+            path = tmp_path / "query" / f"{label}_{i}.png"
+            _save_png(items[i], path, invert)
+            truth[str(path)] = label
+    assert main(["predict", "--support", str(tmp_path / "support"), "--query", str(tmp_path / "query"),
+                 "--checkpoint", str(run), "--json"]) == 0
+    predictions = json.loads(capsys.readouterr().out)
+    assert sorted(p["path"] for p in predictions) == sorted(truth)
+    assert all(0.0 < p["score"] <= 1.0 for p in predictions)
+    correct = sum(p["label"] == truth[p["path"]] for p in predictions)
+    assert correct >= 8, f"{correct}/12 correct (chance is 3): {predictions}"
+
+    assert main(["predict", "--support", str(tmp_path / "support"), "--query", str(tmp_path / "query"),
+                 "--checkpoint", str(run)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 12 and all(len(line.split()) == 3 for line in lines)
+
+
+def test_loaded_learner_embeds_a_batch(demo_run: tuple[Path, str]) -> None:
+    learner = fewcore.load(demo_run[0])
+    embeddings = learner.backbone(torch.rand(7, 1, 28, 28))
+    assert embeddings.shape == (7, learner.backbone.embedding_size((1, 28, 28)))

@@ -16,7 +16,7 @@ from fewcore.engine._checkpoint import CheckpointError
 from fewcore.engine._evaluate import EvalResult
 from fewcore.engine._inference import evaluate_checkpoint, load_model, predict_folder, resolve_checkpoint
 from fewcore.engine._plot import plot_run
-from fewcore.engine._train import ResumeError, TrainResult, train
+from fewcore.engine._train import ResumeError, TrainResult, checkpoint_paths, train
 
 #: errors a user can fix, reported as one line instead of a traceback
 _USER_ERRORS = (ConfigError, BuildError, CheckpointError, ResumeError, FileNotFoundError, fewcore.RegistryError)
@@ -176,7 +176,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"{config.train.n_way}-way {config.train.k_shot}-shot episodes; run directory {config.run.dir}"
     )
     # Resuming makes the demo restartable: an interrupted run continues, a finished one is reused.
-    result = train(config, resume=True, progress=not args.no_progress)
+    resume = checkpoint_paths(config.run.dir)[0].exists()
+    if resume:
+        print(f"continuing the run in {config.run.dir} (delete it to start over)")
+    result = train(config, resume=resume, progress=not args.no_progress)
     _print_training(result)
     results, _ = evaluate_checkpoint(result.best_checkpoint, (), config.train.device, progress=not args.no_progress)
     (result.run_dir / "eval.json").write_text(json.dumps(_eval_json(results, result.best_checkpoint), indent=2) + "\n")
