@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -75,6 +76,25 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from fewcore.ops import check_ops
+
+    results = check_ops(args.device or None)
+    if args.json:
+        print(json.dumps([{**dataclasses.asdict(r), "passed": r.passed} for r in results], indent=2))
+    else:
+        header = ["op", "metric", "device", "dtype", "shape", "forward err", "backward err", "result"]
+        rows = [
+            [r.op, r.metric, r.device, r.dtype, r.shape, f"{r.forward_error:.1e}", f"{r.backward_error:.1e}",
+             "pass" if r.passed else f"FAIL{': ' + r.error if r.error else ''}"]
+            for r in results
+        ]
+        print(_table(rows, header))
+        failed = sum(not r.passed for r in results)
+        print(f"\n{len(results) - failed}/{len(results)} passed (errors relative to max(1, |reference|))")
+    return 0 if all(r.passed for r in results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewcore", description="Few-shot learning with fused kernels and plugins.")
     parser.add_argument("--version", action="version", version=f"fewcore {fewcore.__version__}")
@@ -87,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     info_cmd = commands.add_parser("info", help="versions, active ops, compiled kernels, devices")
     info_cmd.add_argument("--json", action="store_true", help="machine-readable output")
     info_cmd.set_defaults(func=_cmd_info)
+
+    check = commands.add_parser("check", help="compare every compiled op with its reference on every device")
+    check.add_argument("--device", action="append", help="check only this device (repeatable; default: all)")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.set_defaults(func=_cmd_check)
 
     add_engine_commands(commands)
     return parser

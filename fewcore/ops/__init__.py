@@ -20,10 +20,19 @@ import torch
 
 from fewcore import _extension
 from fewcore.ops import _reference as reference
+from fewcore.ops._check import CheckResult, available_devices, check_ops
 from fewcore.ops._reference import METRICS
 from fewcore.ops._validation import check_batch, check_metric, check_temperature
 
-__all__ = ["METRICS", "episode_attention", "pairwise_distance", "reference"]
+__all__ = [
+    "METRICS",
+    "CheckResult",
+    "available_devices",
+    "check_ops",
+    "episode_attention",
+    "pairwise_distance",
+    "reference",
+]
 
 
 def _autocast(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:

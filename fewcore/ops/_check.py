@@ -1,0 +1,130 @@
+"""``fewcore check``: every compiled op, forward and backward, against the reference on every device."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import torch
+
+from fewcore.ops import _reference
+from fewcore.ops._reference import METRICS
+
+#: (name, B, N, M, D, C): an episode-sized problem and one spanning several CPU tiles
+SHAPES = (("episode", 3, 7, 5, 33, 4), ("tiled", 1, 70, 600, 9, 3))
+#: largest error allowed, relative to the largest reference magnitude (at least 1)
+TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckResult:
+    """One op × metric × device × dtype × shape comparison.
+
+    Attributes:
+        op: ``pairwise_distance`` or ``episode_attention``.
+        metric: one of :data:`fewcore.ops.METRICS`.
+        device: where the compiled op ran (``cpu``, ``cuda:0``, ...).
+        dtype: ``float32`` or ``float64``.
+        shape: the name of the problem in :data:`SHAPES`.
+        forward_error: largest relative error of the result (NaN if it did not run).
+        backward_error: largest relative error over the input gradients (NaN if it did not run).
+        tolerance: the bound both errors must stay under.
+        error: the exception raised, if any.
+    """
+
+    op: str
+    metric: str
+    device: str
+    dtype: str
+    shape: str
+    forward_error: float
+    backward_error: float
+    tolerance: float
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and self.forward_error <= self.tolerance and self.backward_error <= self.tolerance
+
+
+def available_devices() -> list[str]:
+    """``cpu`` and every visible CUDA device."""
+    return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+
+def _relative_error(actual: Sequence[torch.Tensor], expected: Sequence[torch.Tensor]) -> float:
+    worst = 0.0
+    for a, e in zip(actual, expected):
+        a = a.detach().double().cpu()
+        scale = max(1.0, e.abs().max().item()) if e.numel() else 1.0
+        difference = (a - e).abs().max().item() if e.numel() else 0.0
+        worst = max(worst, difference / scale if difference == difference else float("inf"))
+    return worst
+
+
+def _compare(
+    compiled: Callable[..., torch.Tensor], reference: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor],
+    device: str, dtype: torch.dtype,
+) -> tuple[float, float]:
+    generator = torch.Generator().manual_seed(1)
+    leaves = [t.to(device=device, dtype=dtype).requires_grad_() for t in inputs]
+    out = compiled(*leaves)
+    grad_out = torch.randn(out.shape, generator=generator, dtype=torch.float64)
+    grads = torch.autograd.grad(out, leaves, grad_out.to(device=device, dtype=dtype))
+    reference_leaves = [t.detach().requires_grad_() for t in inputs]
+    expected = reference(*reference_leaves)
+    expected_grads = torch.autograd.grad(expected, reference_leaves, grad_out)
+    return _relative_error([out], [expected]), _relative_error(grads, expected_grads)
+
+
+def check_ops(devices: Sequence[str] | None = None, seed: int = 0) -> list[CheckResult]:
+    """Compare the compiled ops with the float64 reference, forward and backward.
+
+    Args:
+        devices: where to run the compiled ops; default :func:`available_devices`.
+        seed: seeds the random inputs.
+
+    Returns:
+        One :class:`CheckResult` per op × metric × device × dtype × shape.
+
+    Raises:
+        fewcore.ExtensionNotAvailable: the compiled ops could not be loaded.
+    """
+    from fewcore.ops import _compiled  # raises ExtensionNotAvailable when fewcore._C did not load
+
+    results = []
+    for device in devices or available_devices():
+        for shape, b, n, m, d, c in SHAPES:
+            generator = torch.Generator().manual_seed(seed)
+            q, s = (torch.randn(b, rows, d, generator=generator, dtype=torch.float64) for rows in (n, m))
+            v = torch.randn(b, m, c, generator=generator, dtype=torch.float64)
+            for code, metric in enumerate(METRICS):
+                temperature = float(d) if metric in ("sqeuclidean", "dot") else 0.5
+                cases: list[tuple[str, Callable[..., torch.Tensor], Callable[..., torch.Tensor], list[torch.Tensor]]] = [
+                    (
+                        "pairwise_distance",
+                        lambda x, y, code=code: _compiled.pairwise_distance(x, y, code, True, b),
+                        lambda x, y, metric=metric: _reference.pairwise_distance(x, y, metric),
+                        [q, s],
+                    ),
+                    (
+                        "episode_attention",
+                        lambda x, y, z, code=code, t=temperature: _compiled.episode_attention(x, y, z, code, t, True, b),
+                        lambda x, y, z, metric=metric, t=temperature: _reference.episode_attention(x, y, z, metric, t),
+                        [q, s, v],
+                    ),
+                ]
+                for dtype, tolerance in TOLERANCE.items():
+                    for op, compiled, reference, inputs in cases:
+                        fields = {
+                            "op": op, "metric": metric, "device": device, "dtype": str(dtype).removeprefix("torch."),
+                            "shape": shape, "tolerance": tolerance,
+                        }
+                        try:
+                            forward, backward = _compare(compiled, reference, inputs, device, dtype)
+                        except Exception as exc:  # a failing kernel is a result to report, not a crash
+                            results.append(CheckResult(**fields, forward_error=float("nan"),
+                                                       backward_error=float("nan"), error=f"{type(exc).__name__}: {exc}"))
+                            continue
+                        results.append(CheckResult(**fields, forward_error=forward, backward_error=backward))
+    return results
