@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from fewcore import hookimpl
 from fewcore.hookspecs import Register
+from fewcore_plugins.datasets._store import ClassStore
+from fewcore_plugins.datasets.glyphs import Glyphs
+
+__all__ = ["ClassStore", "Glyphs"]
 
 
 @hookimpl
 def fewcore_register_datasets(register: Register) -> None:
-    pass
+    register("glyphs", Glyphs)
