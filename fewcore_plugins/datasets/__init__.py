@@ -5,11 +5,17 @@ from __future__ import annotations
 from fewcore import hookimpl
 from fewcore.hookspecs import Register
 from fewcore_plugins.datasets._store import ClassStore
+from fewcore_plugins.datasets.folder import Folder
 from fewcore_plugins.datasets.glyphs import Glyphs
+from fewcore_plugins.datasets.omniglot import Omniglot
+from fewcore_plugins.datasets.tensors import Tensors
 
-__all__ = ["ClassStore", "Glyphs"]
+__all__ = ["ClassStore", "Folder", "Glyphs", "Omniglot", "Tensors"]
 
 
 @hookimpl
 def fewcore_register_datasets(register: Register) -> None:
     register("glyphs", Glyphs)
+    register("omniglot", Omniglot)
+    register("folder", Folder)
+    register("tensors", Tensors)

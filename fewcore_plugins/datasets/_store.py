@@ -53,6 +53,44 @@ def partition(names: Sequence[str], fractions: Sequence[float], seed: int) -> li
     return parts
 
 
+def choose_splits(
+    class_names: Sequence[str],
+    splits: Mapping[str, Sequence[object]] | None,
+    fractions: Sequence[float],
+    seed: int,
+) -> dict[str, list[str]]:
+    """The class names of each split: given by name, or a seeded split by fractions.
+
+    Args:
+        class_names: every class.
+        splits: split → class names (labels are compared as strings); ``None`` to use
+            ``fractions`` instead.
+        fractions: (train, val, test) fractions of the classes, used when ``splits`` is None.
+        seed: the seed of the split by fractions.
+
+    Raises:
+        ValueError: a split name or class name is unknown, or ``fractions`` is not 3 numbers.
+    """
+    if splits is not None:
+        known = set(class_names)
+        chosen: dict[str, list[str]] = {}
+        for split, names in splits.items():
+            check_split(split)
+            if isinstance(names, str):
+                raise ValueError(f"split {split!r} must list class names; got the string {names!r}")
+            chosen[split] = [str(n) for n in names]
+            unknown = [n for n in chosen[split] if n not in known]
+            if unknown:
+                raise ValueError(
+                    f"split {split!r} names classes that do not exist: {unknown[:5]}; "
+                    f"there are {len(known)} classes, e.g. {sorted(known)[:5]}"
+                )
+        return chosen
+    if len(fractions) != 3:
+        raise ValueError(f"fractions must be (train, val, test); got {list(fractions)}")
+    return dict(zip(SPLITS, partition(list(class_names), fractions, seed)))
+
+
 class ClassStore(FewShotDataset):
     """A dataset held in memory: one tensor of items per class, and disjoint named splits.
 

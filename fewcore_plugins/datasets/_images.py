@@ -1,0 +1,198 @@
+"""Decode a tree of class folders of images (a folder or a zip) once, into cached uint8 tensors.
+
+A source is decoded on first use into ``class → [n, C, H, W] uint8`` and kept in memory for the
+process; with a cache directory the result is also written to disk, in one file per source and
+decoding setting, with a fingerprint of the source (a zip's size and modification time; a
+folder's image paths, sizes and modification times). A changed source no longer matches its
+fingerprint and is decoded again. Cache files are read with ``weights_only=True``: loading one
+never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Iterable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+#: image file suffixes read from a class folder
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
+#: bump when decoding changes, so that old cache files are not reused
+_FORMAT = 1
+_memory: dict[str, tuple[str, dict[str, Tensor]]] = {}
+
+
+def default_cache_dir() -> Path:
+    """``$FEWCORE_CACHE``, else ``$XDG_CACHE_HOME/fewcore``, else ``~/.cache/fewcore``."""
+    if "FEWCORE_CACHE" in os.environ:
+        return Path(os.environ["FEWCORE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fewcore"
+
+
+def _decode(data: bytes | Path, name: str, size: tuple[int, int], channels: int, invert: bool) -> np.ndarray:
+    """One image as ``[C, H, W]`` uint8, resized to ``size`` (H, W) with antialiasing."""
+    try:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
+            mode = "L" if channels == 1 else "RGB"
+            image = image.convert(mode).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            array = np.asarray(image, dtype=np.uint8)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot decode image {name}: {exc}") from exc
+    if invert:
+        array = 255 - array
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def _class_of(parts: tuple[str, ...], depth: int) -> str | None:
+    """The class of a file at ``parts`` below the root: its first ``depth`` folders, or None."""
+    if len(parts) != depth + 1 or PurePosixPath(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
+        return None
+    if any(p.startswith(".") or p == "__MACOSX" for p in parts):
+        return None
+    return "/".join(parts[:depth])
+
+
+def _zip_members(archive: zipfile.ZipFile, depth: int) -> dict[str, list[str]]:
+    """class → member names of a zip; one top folder holding everything is skipped, as in
+    Omniglot's ``images_background.zip`` (``images_background/<alphabet>/...``)."""
+    names = [n for n in archive.namelist() if not n.endswith("/")]
+    tops = {n.split("/", 1)[0] for n in names}
+    strip = len(tops) == 1 and all("/" in n for n in names)
+    members: dict[str, list[str]] = {}
+    for name in names:
+        parts = tuple(name.split("/")[1:] if strip else name.split("/"))
+        cls = _class_of(parts, depth)
+        if cls is not None:
+            members.setdefault(cls, []).append(name)
+    return members
+
+
+def _folder_files(root: Path, depth: int) -> dict[str, list[Path]]:
+    """class → image files of a folder tree."""
+    files: dict[str, list[Path]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel = Path(dirpath).relative_to(root).parts
+        for filename in filenames:
+            cls = _class_of((*rel, filename), depth)
+            if cls is not None:
+                files.setdefault(cls, []).append(Path(dirpath) / filename)
+    return files
+
+
+def _fingerprint_of(source: Path, files: Iterable[Path] = ()) -> str:
+    if source.is_file():
+        stat = source.stat()
+        return f"zip:{stat.st_size}:{stat.st_mtime_ns}"
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(source).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return "dir:" + digest.hexdigest()
+
+
+def load_image_tree(
+    source: str | os.PathLike[str],
+    depth: int,
+    image_size: int | tuple[int, int],
+    channels: int,
+    invert: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Tensor]:
+    """Every image of a class-folder tree, decoded once.
+
+    Args:
+        source: a folder, or a zip file, whose images lie ``depth`` folders down; the class of
+            an image is the path of those folders (``"Greek/character01"`` for depth 2). Inside a
+            zip, a single top folder holding everything is skipped.
+        depth: folder levels that name a class (1 for ``<class>/*.png``, 2 for Omniglot's
+            ``<alphabet>/<character>/*.png``).
+        image_size: H = W, or (H, W), of the decoded images.
+        channels: 1 (grayscale) or 3 (RGB).
+        invert: store ``255 - value`` (dark strokes on white become ink on zero).
+        cache_dir: where decoded sources are kept on disk; ``None`` keeps them in memory only.
+
+    Returns:
+        class → ``[n_images, channels, H, W]`` uint8, images in file-name order, classes sorted.
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+        ValueError: no image lies ``depth`` folders down, or an image cannot be decoded.
+    """
+    source = Path(source).expanduser().resolve()
+    if not source.exists():
+        raise FileNotFoundError(f"image source {source} does not exist (expected a folder or a .zip file)")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3; got {channels}")
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    is_zip = source.is_file()
+    files = {} if is_zip else _folder_files(source, depth)
+    fingerprint = _fingerprint_of(source, sorted(p for paths in files.values() for p in paths))
+    key = hashlib.sha256(f"{_FORMAT}|{source}|{depth}|{size}|{channels}|{invert}".encode()).hexdigest()[:24]
+    held = _memory.get(key)
+    if held is not None and held[0] == fingerprint:
+        return held[1]
+    cache_file = Path(cache_dir).expanduser() / f"images-{key}.pt" if cache_dir is not None else None
+    tree = _read_cache(cache_file, fingerprint) if cache_file is not None else None
+    if tree is None:
+        logger.info("decoding images of %s (once; cached after)", source)
+        if is_zip:
+            with zipfile.ZipFile(source) as archive:
+                members = _zip_members(archive, depth)
+                tree = {
+                    cls: _stack([_decode(archive.read(m), f"{source}:{m}", size, channels, invert) for m in sorted(names)])
+                    for cls, names in sorted(members.items())
+                }
+        else:
+            tree = {
+                cls: _stack([_decode(p, str(p), size, channels, invert) for p in sorted(paths)])
+                for cls, paths in sorted(files.items())
+            }
+        if not tree:
+            layout = "/".join(["<folder>"] * depth) + "/<image>.png"
+            raise ValueError(f"no images found in {source}; expected the layout {layout}")
+        if cache_file is not None:
+            _write_cache(cache_file, fingerprint, tree)
+    _memory[key] = (fingerprint, tree)
+    return tree
+
+
+def _stack(images: list[np.ndarray]) -> Tensor:
+    return torch.from_numpy(np.stack(images))
+
+
+def _read_cache(path: Path, fingerprint: str) -> dict[str, Tensor] | None:
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file is rebuilt, not trusted
+        logger.warning("ignoring unreadable cache file %s (%s); decoding again", path, exc)
+        return None
+    if saved.get("fingerprint") != fingerprint:
+        return None
+    counts = saved["counts"].tolist()
+    return dict(zip(saved["classes"], saved["images"].split(counts)))
+
+
+def _write_cache(path: Path, fingerprint: str, tree: dict[str, Tensor]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "fingerprint": fingerprint,
+        "classes": list(tree),
+        "counts": torch.tensor([t.shape[0] for t in tree.values()]),
+        "images": torch.cat(list(tree.values())),
+    }
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(payload, partial)
+    os.replace(partial, path)  # atomic: a reader never sees half a file
