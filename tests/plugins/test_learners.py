@@ -276,22 +276,23 @@ def test_learner_learns_to_classify_new_gaussian_classes(name: str, config: dict
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["protonet", "matching"])
 def test_learner_learns_glyphs(name: str) -> None:
-    # 20-way: at 5-way an untrained Conv4 already scores ~0.87 on glyphs, leaving nothing to show.
+    # Doubled jitter: on the default glyphs an untrained Conv4 already scores ~0.87 at 5-way
+    # 1-shot, which leaves training too little to show; here it starts near 0.4.
     if "episodic" not in fewcore.list_components("sampler"):
         pytest.skip("the episodic sampler is not registered")
     torch.manual_seed(0)
-    dataset = fewcore.create("dataset", "glyphs", alphabets=20, characters=10, drawings=10)
-    learner = _learner(name, fewcore.create("backbone", "conv4"))
+    dataset = fewcore.create("dataset", "glyphs", alphabets=20, characters=10, drawings=10, jitter=2.0)
+    learner = _learner(name, fewcore.create("backbone", "conv4", hidden_channels=32))
 
     def episodes(split: str, seed: int) -> Any:
         return iter(
             fewcore.create(
-                "sampler", "episodic", dataset=dataset, split=split, n_way=20, k_shot=1, q_query=2, batch_size=1, seed=seed
+                "sampler", "episodic", dataset=dataset, split=split, n_way=5, k_shot=1, q_query=5, batch_size=2, seed=seed
             )
         )
 
-    test = list(itertools.islice(episodes("test", 1), 5))
+    test = list(itertools.islice(episodes("test", 1), 10))
     before = _accuracy(learner, test)
-    _train(learner, episodes("train", 0), steps=50, lr=1e-3)
+    _train(learner, episodes("train", 0), steps=60, lr=1e-3)
     after = _accuracy(learner, test)
-    assert after > 0.5 and after > before + 0.05, f"glyphs 20-way 1-shot test accuracy {before:.2f} → {after:.2f} (chance 0.05)"
+    assert after > 0.4 and after > before + 0.08, f"glyphs 5-way 1-shot test accuracy {before:.2f} → {after:.2f} (chance 0.20)"
