@@ -1,10 +1,10 @@
 """Omniglot accuracy benchmark: one command per learner, results for docs/RESULTS.md.
 
 Protocol (issue 4): meta-train on Omniglot ``images_background_small1`` (rotation augmentation
-on), validate on held-out small1 classes, and test ``best.pt`` on the alphabets of
+on), validate on held-out small1 characters, and test ``best.pt`` on the alphabets of
 ``images_background_small2`` that small1 lacks (Japanese_(katakana), Sanskrit, Tagalog) over
-1,000 episodes each of 5-way 1-shot, 5-way 5-shot and 20-way 1-shot. The training recipe of each
-learner is its config, ``configs/<learner>_omniglot.toml``.
+1,000 episodes each of 5-way 1-shot, 5-way 5-shot and 20-way 1-shot (the ``[eval]`` of the
+config). The training recipe of each learner is its config, ``configs/<learner>_omniglot.toml``.
 
     python benchmarks/accuracy.py protonet            # about an hour on 2 CPU cores
     python benchmarks/accuracy.py matching
@@ -34,7 +34,6 @@ from fewcore.engine._build import build_dataset, resolve_device
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OMNIGLOT = Path(os.environ.get("FEWCORE_OMNIGLOT", REPO.parent / "shared" / "data" / "omniglot"))
-SETTINGS = ("5-way 1-shot", "5-way 5-shot", "20-way 1-shot")
 
 
 def _cpu_name() -> str:
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("learner", help="the learner: configs/<learner>_omniglot.toml is its recipe")
     parser.add_argument("--omniglot", type=Path, default=DEFAULT_OMNIGLOT, help="folder with images_background_small{1,2}.zip")
-    parser.add_argument("--episodes", type=int, default=1000, help="test episodes per setting")
+    parser.add_argument("--episodes", type=int, default=None, help="test episodes per setting (default: the config's)")
     parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/accuracy/<learner>")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -62,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     config_path = REPO / "configs" / f"{args.learner}_omniglot.toml"
     run_dir = args.run_dir or REPO / "runs" / "accuracy" / args.learner
-    overrides = [f"dataset.root={json.dumps(str(args.omniglot))}", f"run.dir={json.dumps(str(run_dir))}", *args.overrides]
+    overrides = [
+        f"dataset.train.root={json.dumps(str(args.omniglot / 'images_background_small1.zip'))}",
+        f"dataset.test.root={json.dumps(str(args.omniglot / 'images_background_small2.zip'))}",
+        f"run.dir={json.dumps(str(run_dir))}",
+        *args.overrides,
+    ]
     config = load_config(config_path, overrides)
 
     trained = train(config, resume=args.resume)
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = build_dataset(config)
     started = time.perf_counter()
     results = evaluate(
-        model.learner, dataset, SETTINGS, episodes=args.episodes, q_query=config.eval.q_query,
+        model.learner, dataset, config.eval.settings, episodes=args.episodes or config.eval.episodes, q_query=config.eval.q_query,
         batch_size=config.eval.batch_size, split="test", seed=config.eval.seed, sampler=config.sampler,
         device=device, progress=True,
     )

@@ -97,6 +97,9 @@ class TrainConfig:
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         log_every: steps between two lines of training metrics (averaged over those steps).
         checkpoint_every: steps between two resumable checkpoints (``last.pt``).
+        sampler_options: options for the training sampler only, on top of ``[sampler]``'s
+            (which every phase uses) — e.g. ``{augment = true}``: validation and test episodes
+            are never augmented.
     """
 
     steps: int = 1000
@@ -117,6 +120,7 @@ class TrainConfig:
     device: str = "auto"
     log_every: int = 10
     checkpoint_every: int = 100
+    sampler_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -266,7 +270,7 @@ def _section(section: str, section_type: type, raw: Any, source: str) -> Any:
 
 
 def _coerce(key: str, expected: Any, value: Any, source: str) -> Any:
-    """``value`` as ``expected`` (int, float, str, bool or list[str]); ints are accepted as floats."""
+    """``value`` as ``expected`` (int, float, str, bool, list[str] or a table); ints are accepted as floats."""
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is int and isinstance(value, bool):
@@ -274,6 +278,8 @@ def _coerce(key: str, expected: Any, value: Any, source: str) -> Any:
     elif typing.get_origin(expected) is list:
         (item_type,) = typing.get_args(expected)
         ok = isinstance(value, list) and all(isinstance(v, item_type) for v in value)
+    elif typing.get_origin(expected) is dict:
+        ok = isinstance(value, dict)
     else:
         ok = isinstance(value, expected)
     if not ok:

@@ -122,10 +122,10 @@ checkpoint_every = 15
 log_every = 5
 [val]
 every = 15
-episodes = 20
+episodes = 10
 q_query = 5
 [eval]
-episodes = 40
+episodes = 20
 settings = ["5-way 1-shot", "5-way 5-shot"]
 q_query = 5
 """
@@ -146,7 +146,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def test_demo_trains_tests_and_reports(demo_run: tuple[Path, str]) -> None:
     run, out = demo_run
-    for expected in ("5-way 1-shot: ", "5-way 5-shot: ", "± ", "(40 episodes)", "best validation: step",
+    for expected in ("5-way 1-shot: ", "5-way 5-shot: ", "± ", "(20 episodes)", "best validation: step",
                      f"checkpoint: {run / 'checkpoints' / 'best.pt'}", f"learning curves: {run / 'curves.png'}"):
         assert expected in out, f"{expected!r} missing from the demo's output:\n{out}"
     results = {r["setting"]: r for r in json.loads((run / "eval.json").read_text())["results"]}

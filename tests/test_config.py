@@ -55,6 +55,14 @@ def test_overrides(tmp_path: Path) -> None:
     assert config.train.device == "cpu" and config.run.dir == "/tmp/x"
 
 
+def test_training_sampler_options_table(tmp_path: Path) -> None:
+    text = MINIMAL + "[train.sampler_options]\naugment = true\n"
+    assert load_config(_write(tmp_path, text)).train.sampler_options == {"augment": True}
+    assert load_config(_write(tmp_path, MINIMAL), ["train.sampler_options.augment=true"]).train.sampler_options == {"augment": True}
+    with pytest.raises(ConfigError, match="train.sampler_options must be"):
+        load_config(_write(tmp_path, MINIMAL), ["train.sampler_options=3"])
+
+
 def test_int_is_accepted_where_a_float_is_expected(tmp_path: Path) -> None:
     assert load_config(_write(tmp_path, MINIMAL), ["train.lr=1"]).train.lr == 1.0
 

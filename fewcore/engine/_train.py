@@ -31,7 +31,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from fewcore._types import Learner
-from fewcore.config import Config, ConfigError, parse_setting
+from fewcore.config import ComponentConfig, Config, ConfigError, parse_setting
 from fewcore.engine._build import (
     build_dataset,
     build_learner,
@@ -180,7 +180,7 @@ def train(
     optimizer = build_optimizer(config.train, parameters)
     scheduler = build_scheduler(config.train, optimizer)
     train_sampler = build_sampler(
-        config.sampler,
+        ComponentConfig(config.sampler.name, {**config.sampler.options, **config.train.sampler_options}),
         dataset,
         "train",
         config.train.n_way,

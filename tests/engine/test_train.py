@@ -12,7 +12,9 @@ import torch
 from fewcore.config import Config
 from fewcore.engine import ResumeError, evaluate, load_checkpoint, train
 from fewcore.engine._build import build_dataset, build_learner
-from tests.engine._fakes import fake_config_dict
+from fewcore import Component
+from fewcore._plugins import PluginInfo
+from tests.engine._fakes import IndexSampler, fake_config_dict
 
 #: metrics that depend on the wall clock, not on what was computed
 TIMING = ("episodes_per_s", "elapsed_s")
@@ -169,3 +171,17 @@ def test_resume_without_checkpoint_starts_over(fakes, tmp_path: Path) -> None:
 def test_non_finite_loss_is_reported(fakes, tmp_path: Path) -> None:
     with pytest.raises(FloatingPointError, match=r"loss is (nan|-?inf) at step \d"):
         train(_config(tmp_path / "run", lr=1e30, steps=3, optimizer="sgd", momentum=0.0), progress=False)
+
+
+def test_training_sampler_options_reach_only_the_training_sampler(fakes, tmp_path: Path) -> None:
+    seen: dict[str, dict[str, Any]] = {}
+
+    def recording(*, flip: bool = False, **kwargs: Any) -> IndexSampler:
+        seen[kwargs["split"]] = {"flip": flip, "seed": kwargs["seed"]}
+        return IndexSampler(**kwargs)
+
+    fakes.add(Component("sampler", "recording", recording, PluginInfo("t", "<tests>", "")))
+    data = fake_config_dict(str(tmp_path / "run"), steps=4, seed=3, sampler_options={"flip": True})
+    data["sampler"] = {"name": "recording"}
+    train(Config.from_dict(data), progress=False)
+    assert seen == {"train": {"flip": True, "seed": 3}, "val": {"flip": False, "seed": 1}}
