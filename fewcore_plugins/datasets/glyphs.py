@@ -202,7 +202,10 @@ class Glyphs(ClassStore):
         seed: generation and split seed.
         fractions: (train, val, test) fractions of the alphabets; the rest is unused.
         jitter: scale of the per-drawing perturbations (stroke positions, pen width, affine warp);
-            larger is harder, 0 draws every copy of a character identically.
+            larger is harder, 0 draws every copy of a character identically. At the default 1.5,
+            5-way test accuracy of nearest prototypes in pixel space is about 50% (1-shot) and
+            78% (5-shot); a Conv4 Prototypical Network reaches about 85% and 95% after 400
+            10-way 1-shot training episodes (3 CPU minutes).
 
     Example:
         >>> ds = fewcore.create("dataset", "glyphs", alphabets=10, characters=10)
@@ -218,7 +221,7 @@ class Glyphs(ClassStore):
         image_size: int = 28,
         seed: int = 0,
         fractions: Sequence[float] = (0.6, 0.2, 0.2),
-        jitter: float = 1.0,
+        jitter: float = 1.5,
     ) -> None:
         for name, value in (("alphabets", alphabets), ("characters", characters), ("drawings", drawings)):
             if value < 1:

@@ -92,7 +92,8 @@ def test_glyph_drawings_vary_and_characters_differ() -> None:
 
 
 def test_glyphs_are_neither_trivial_nor_hopeless() -> None:
-    """Nearest prototype in pixel space: well above chance (20%), far from solved."""
+    """Nearest prototype in pixel space: well above chance (20%), far from solved (about 50%),
+    so that a learner has something to learn."""
     glyphs = fewcore.create("dataset", "glyphs", alphabets=20, characters=10)
     sampler = fewcore.create(
         "sampler", "episodic", dataset=glyphs, split="test", n_way=5, k_shot=1, q_query=5, batch_size=50, seed=0
@@ -101,7 +102,7 @@ def test_glyphs_are_neither_trivial_nor_hopeless() -> None:
     distance = torch.cdist(episode.query_x.flatten(2), episode.support_x.flatten(2))  # 1-shot: support = prototypes
     predicted = episode.support_y.gather(1, distance.argmin(-1))
     accuracy = (predicted == episode.query_y).float().mean().item()
-    assert 0.3 < accuracy < 0.85
+    assert 0.3 < accuracy < 0.75
 
 
 def test_glyph_generation_is_fast() -> None:
