@@ -81,6 +81,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    if result.rank != 0:
+        return 0  # under torchrun, rank 0 reports
     _print_training(result)
     print(f"best checkpoint: {result.best_checkpoint}")
     print(f"metrics: {result.run_dir / 'metrics.csv'}; evaluate with: fewcore eval {result.run_dir}")

@@ -67,6 +67,7 @@ class TrainResult:
         best_checkpoint: ``run_dir/checkpoints/best.pt`` (for evaluation and inference).
         train_seconds: training wall time over every session of the run, validation excluded.
         episodes_per_s: training episodes per second over the run (all ranks).
+        rank: this process's rank (0 when not distributed; only rank 0 writes).
     """
 
     run_dir: Path
@@ -77,6 +78,7 @@ class TrainResult:
     best_checkpoint: Path
     train_seconds: float
     episodes_per_s: float
+    rank: int = 0
 
 
 def checkpoint_paths(run_dir: str | Path) -> tuple[Path, Path]:
@@ -100,15 +102,18 @@ def _config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
 
 
-def _distributed(device: torch.device) -> tuple[int, int]:
-    """``(rank, world_size)``; joins the process group ``torchrun`` describes when there is one."""
+def _distributed(device: torch.device) -> tuple[int, int, bool]:
+    """``(rank, world_size, joined)``: ``joined`` when this call joined the process group that
+    ``torchrun`` describes (the caller then leaves it at the end)."""
     if not dist.is_available():
-        return 0, 1
+        return 0, 1, False
+    joined = False
     if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        joined = True
     if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+        return dist.get_rank(), dist.get_world_size(), joined
+    return 0, 1, False
 
 
 def _average_gradients(parameters: list[torch.nn.Parameter], world_size: int) -> None:
@@ -159,7 +164,24 @@ def train(
             config differs from the one being resumed.
     """
     device = resolve_device(config.train.device)
-    rank, world_size = _distributed(device)
+    rank, world_size, joined = _distributed(device)
+    try:
+        return _train(config, device, rank, world_size, resume, progress, on_step)
+    finally:
+        if joined:
+            dist.destroy_process_group()
+
+
+def _train(
+    config: Config,
+    device: torch.device,
+    rank: int,
+    world_size: int,
+    resume: bool,
+    progress: bool,
+    on_step: Callable[[int, Learner], None] | None,
+) -> TrainResult:
+    """:func:`train` on this process's ``rank`` of ``world_size``."""
     if world_size > 1 and device.type == "cuda" and device.index is None:
         # One GPU per process, as torchrun numbers them on each node.
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
@@ -356,6 +378,7 @@ def train(
         best_checkpoint=best_path,
         train_seconds=elapsed,
         episodes_per_s=episodes / elapsed if elapsed > 0 else math.nan,
+        rank=rank,
     )
 
 
