@@ -42,10 +42,10 @@ def default_cache_dir() -> Path:
 def _decode(data: bytes | Path, name: str, size: tuple[int, int], channels: int, invert: bool) -> np.ndarray:
     """One image as ``[C, H, W]`` uint8, resized to ``size`` (H, W) with antialiasing."""
     try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as opened:
             mode = "L" if channels == 1 else "RGB"
-            image = image.convert(mode).resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            array = np.asarray(image, dtype=np.uint8)
+            resized = opened.convert(mode).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            array = np.asarray(resized, dtype=np.uint8)
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot decode image {name}: {exc}") from exc
     if invert:
@@ -63,18 +63,19 @@ def _class_of(parts: tuple[str, ...], depth: int) -> str | None:
 
 
 def _zip_members(archive: zipfile.ZipFile, depth: int) -> dict[str, list[str]]:
-    """class → member names of a zip; one top folder holding everything is skipped, as in
-    Omniglot's ``images_background.zip`` (``images_background/<alphabet>/...``)."""
+    """class → member names of a zip. When the classes are not at the top, one top folder
+    holding everything is skipped, as in Omniglot's ``images_background.zip``
+    (``images_background/<alphabet>/<character>/...``)."""
     names = [n for n in archive.namelist() if not n.endswith("/")]
-    tops = {n.split("/", 1)[0] for n in names}
-    strip = len(tops) == 1 and all("/" in n for n in names)
-    members: dict[str, list[str]] = {}
-    for name in names:
-        parts = tuple(name.split("/")[1:] if strip else name.split("/"))
-        cls = _class_of(parts, depth)
-        if cls is not None:
-            members.setdefault(cls, []).append(name)
-    return members
+    for strip in (0, 1):
+        members: dict[str, list[str]] = {}
+        for name in names:
+            cls = _class_of(tuple(name.split("/")[strip:]), depth)
+            if cls is not None:
+                members.setdefault(cls, []).append(name)
+        if members or len({n.split("/", 1)[0] for n in names}) != 1:
+            return members
+    return {}
 
 
 def _folder_files(root: Path, depth: int) -> dict[str, list[Path]]:
@@ -114,7 +115,7 @@ def load_image_tree(
     Args:
         source: a folder, or a zip file, whose images lie ``depth`` folders down; the class of
             an image is the path of those folders (``"Greek/character01"`` for depth 2). Inside a
-            zip, a single top folder holding everything is skipped.
+            zip with no images at that depth, a single top folder holding everything is skipped.
         depth: folder levels that name a class (1 for ``<class>/*.png``, 2 for Omniglot's
             ``<alphabet>/<character>/*.png``).
         image_size: H = W, or (H, W), of the decoded images.
@@ -134,7 +135,7 @@ def load_image_tree(
         raise FileNotFoundError(f"image source {source} does not exist (expected a folder or a .zip file)")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3; got {channels}")
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    size = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
     is_zip = source.is_file()
     files = {} if is_zip else _folder_files(source, depth)
     fingerprint = _fingerprint_of(source, sorted(p for paths in files.values() for p in paths))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -300,6 +301,22 @@ def test_folder_with_a_folder_per_split(tmp_path: Path) -> None:
     )
     assert dataset.classes("train") == ["class0", "class1"]
     assert dataset.classes("test") == ["other0", "other1", "other2"]
+
+
+def test_folder_from_a_zip(tmp_path: Path) -> None:
+    write_class_folders(tmp_path / "data" / "top")
+    with zipfile.ZipFile(tmp_path / "nested.zip", "w") as archive:  # top/<class>/*.png
+        for png in sorted((tmp_path / "data").rglob("*.png")):
+            archive.write(png, png.relative_to(tmp_path / "data").as_posix())
+    with zipfile.ZipFile(tmp_path / "flat.zip", "w") as archive:  # <class>/*.png, one class only
+        for png in sorted((tmp_path / "data" / "top" / "class1").glob("*.png")):
+            archive.write(png, png.relative_to(tmp_path / "data" / "top").as_posix())
+    nested = fewcore.create("dataset", "folder", root=str(tmp_path / "nested.zip"), image_size=6, disk_cache=False)
+    assert sorted(all_classes(nested)) == ["class0", "class1", "class2"]
+    flat = fewcore.create(
+        "dataset", "folder", root=str(tmp_path / "flat.zip"), image_size=6, splits={"test": ["class1"]}, disk_cache=False
+    )
+    assert torch.equal(flat.items("class1"), nested.items("class1"))
 
 
 def test_folder_errors(tmp_path: Path) -> None:

@@ -105,6 +105,12 @@ def test_workers_give_the_same_stream(augment: bool) -> None:
     assert len(streamed) == 5
     for a, b in zip(in_process, streamed):
         assert_same(a, b)
+    # resumed with workers: the stream goes on from the saved position
+    with_workers.load_state_dict({"next": 2, "seed": 0})
+    resumed = list(with_workers)
+    assert len(resumed) == 3
+    for a, b in zip(in_process[2:], resumed):
+        assert_same(a, b)
 
 
 def test_resume_continues_the_stream_exactly() -> None:
