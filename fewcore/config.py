@@ -316,9 +316,9 @@ def _check_values(config: Config, source: str) -> None:
         "train.optimizer": (config.train.optimizer, ("adam", "adamw", "sgd")),
         "train.scheduler": (config.train.scheduler, ("none", "step", "cosine")),
     }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{source}: {key} must be one of {', '.join(allowed)}; got {value!r}")
+    for key, (choice, allowed) in choices.items():
+        if choice not in allowed:
+            raise ConfigError(f"{source}: {key} must be one of {', '.join(allowed)}; got {choice!r}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.train.device):
         raise ConfigError(f"{source}: train.device must be auto, cpu, cuda or cuda:N; got {config.train.device!r}")
     if not config.eval.settings:

@@ -101,8 +101,8 @@ def read_image(path: str | Path, item_shape: Sequence[int], invert: str = "auto"
         raise ValueError(f"invert must be yes, no or auto; got {invert!r}")
     channels, height, width = item_shape
     with Image.open(path) as image:
-        image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.BILINEAR)
-        array = np.asarray(image, dtype=np.float32) / 255.0
+        resized = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.BILINEAR)
+        array = np.asarray(resized, dtype=np.float32) / 255.0
     tensor = torch.from_numpy(array.copy())
     tensor = tensor[None] if channels == 1 else tensor.permute(2, 0, 1)
     if invert == "yes" or (invert == "auto" and channels == 1 and float(tensor.mean()) > 0.5):
