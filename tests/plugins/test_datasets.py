@@ -108,13 +108,14 @@ def test_glyphs_are_neither_trivial_nor_hopeless() -> None:
 
 def test_glyph_generation_is_fast() -> None:
     """1,000 classes × 20 drawings at 28×28 (about 2 s on one idle core; bound loose for shared CI)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         start = time.perf_counter()
         images = _generate.__wrapped__(123, 50, 20, 20, 28, 1.0)
         elapsed = time.perf_counter() - start
     finally:
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(threads)
     assert images.shape == (50, 20, 20, 1, 28, 28)
     assert elapsed < 30.0
 
