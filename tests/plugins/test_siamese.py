@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import torch
@@ -15,6 +15,15 @@ from fewcore import Episode, ops
 from fewcore.testing import random_episode
 from fewcore_plugins.learners.siamese import SiameseNetwork, class_scores, contrastive_loss
 from fewcore_plugins.pair_sampler import balanced_pairs
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models only lose to intra-op threading (10x slower on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _labels(generator: torch.Generator, batch: int, n_way: int, per_class: int) -> Tensor:
@@ -118,12 +127,15 @@ def _accuracy(learner: SiameseNetwork, episodes: list[Episode]) -> float:
     return float(torch.stack(hits).mean())
 
 
-@pytest.mark.parametrize(("config", "minimum"), [({"head": "contrastive"}, 0.75), ({"head": "koch"}, 0.5)])
-def test_siamese_learns_one_shot_glyphs(config: dict[str, Any], minimum: float) -> None:
+@pytest.mark.parametrize(
+    ("config", "steps", "minimum"), [({"head": "contrastive"}, 60, 0.5), ({"head": "koch"}, 120, 0.3)]
+)
+def test_siamese_learns_one_shot_glyphs(config: dict[str, Any], steps: int, minimum: float) -> None:
     if "episodic" not in fewcore.list_components("sampler"):
         pytest.skip("the episodic sampler is not registered")
     torch.manual_seed(0)
-    dataset = fewcore.create("dataset", "glyphs", alphabets=20, characters=10, drawings=10)
+    # 16×16 glyphs (the smallest Conv4 takes) keep this a few seconds
+    dataset = fewcore.create("dataset", "glyphs", alphabets=20, characters=10, drawings=10, image_size=16)
 
     def episodes(split: str, n_way: int, seed: int) -> Any:
         return fewcore.create(
@@ -131,12 +143,12 @@ def test_siamese_learns_one_shot_glyphs(config: dict[str, Any], minimum: float) 
         )
 
     test = list(itertools.islice(episodes("test", 5, 1), 10))
-    learner = SiameseNetwork(fewcore.create("backbone", "conv4", hidden_channels=16), **config)
+    learner = SiameseNetwork(fewcore.create("backbone", "conv4", hidden_channels=16), input_shape=dataset.item_shape, **config)
     before = _accuracy(learner, test)
-    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
-    for episode in itertools.islice(episodes("train", 5, 0), 100):
+    optimizer = torch.optim.Adam(learner.parameters(), lr=3e-3)
+    for episode in itertools.islice(episodes("train", 5, 0), steps):
         optimizer.zero_grad()
         learner(episode).loss.backward()
         optimizer.step()
     after = _accuracy(learner, test)
-    assert after > minimum and after > before + 0.05, f"5-way 1-shot glyph accuracy {before:.2f} → {after:.2f} (chance 0.20)"
+    assert after > minimum and after > before + 0.1, f"5-way 1-shot glyph accuracy {before:.2f} → {after:.2f} (chance 0.20)"
