@@ -29,13 +29,16 @@ order and the loss is the cross-entropy at every step. Evaluation (``predict``, 
 in eval mode) presents the support items in order, then reads each query from the memory left
 by the support set, independently of the other queries (a query's input carries the last
 support label as y_{t−1}, as every step of training does). :func:`accuracy_by_instance` gives
-the paper's accuracy at the 1st, 2nd, 5th, 10th presentation of a class.
+the paper's accuracy at the 1st, 2nd, 5th, 10th presentation of a class, and
+:func:`evaluate_by_instance` measures it over a stream of episodes (K + Q ≥ 10 items per class
+for the 10th presentation).
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -136,6 +139,67 @@ def accuracy_by_instance(
         if at_k.any():
             result[k] = correct[at_k].float().mean().item()
     return result
+
+
+def episode_sequences(episode: Episode, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Each task's support and query items as one sequence in a random order.
+
+    Args:
+        episode: B tasks.
+        generator: draws the orders (the global RNG when None).
+
+    Returns:
+        ``x [B, T, *item_shape]``, ``y [B, T]`` with ``T = N·(K + Q)``, and ``order [B, T]``: step
+        t of task b shows item ``order[b, t]`` of the support items followed by the queries.
+    """
+    x = torch.cat([episode.support_x, episode.query_x], dim=1)
+    y = torch.cat([episode.support_y, episode.query_y], dim=1)
+    steps = y.shape[1]
+    order = torch.stack([torch.randperm(steps, generator=generator) for _ in range(y.shape[0])]).to(y.device)
+    tasks = torch.arange(y.shape[0], device=y.device)[:, None]
+    return x[tasks, order], y[tasks, order], order
+
+
+def evaluate_by_instance(
+    learner: MANN,
+    episodes: Iterable[Episode],
+    count: int,
+    positions: Sequence[int] = (1, 2, 5, 10),
+    seed: int = 0,
+) -> dict[int, float]:
+    """Accuracy by presentation number over the first ``count`` episodes of a stream.
+
+    Each episode's items are shown as one random-order sequence (seeded by ``seed``), as in
+    training, with the learner in eval mode and without gradients.
+
+    Args:
+        learner: a trained :class:`MANN`.
+        episodes: episode batches of one shape (e.g. a sampler over the test split), K + Q
+            items per class.
+        count: how many episodes (tasks) to use.
+        positions: presentation numbers k.
+        seed: seeds the presentation orders.
+
+    Returns:
+        k → accuracy, over every k-th presentation of a class in those episodes.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    all_logits, all_labels, seen = [], [], 0
+    was_training = learner.training
+    learner.eval()
+    try:
+        with torch.no_grad():
+            for episode in itertools.takewhile(lambda _: seen < count, episodes):
+                x, y, _ = episode_sequences(episode, generator)
+                take = min(count - seen, y.shape[0])
+                all_logits.append(learner.sequence_logits(x[:take], y[:take], episode.n_way))
+                all_labels.append(y[:take])
+                seen += take
+    finally:
+        learner.train(was_training)
+    if seen < count:
+        raise ValueError(f"the episode stream ended after {seen} episodes; {count} were asked for")
+    return accuracy_by_instance(torch.cat(all_logits), torch.cat(all_labels), positions)
 
 
 class MANN(Learner):
@@ -278,13 +342,11 @@ class MANN(Learner):
         if not self.training:
             logits = self._query_logits(episode.support_x, episode.support_y, episode.query_x, n_way)
             return LearnerOutput(logits, F.cross_entropy(logits.flatten(0, 1), episode.query_y.flatten()))
-        x = torch.cat([episode.support_x, episode.query_x], dim=1)
-        y = torch.cat([episode.support_y, episode.query_y], dim=1)
-        order = torch.stack([torch.randperm(y.shape[1], device=y.device) for _ in range(y.shape[0])])
-        tasks = torch.arange(y.shape[0], device=y.device)[:, None]
-        logits = self.sequence_logits(x[tasks, order], y[tasks, order], n_way)
-        loss = F.cross_entropy(logits.flatten(0, 1), y[tasks, order].flatten())
+        x, y, order = episode_sequences(episode)
+        logits = self.sequence_logits(x, y, n_way)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
         # Back to item order; the queries come after the support items.
+        tasks = torch.arange(y.shape[0], device=y.device)[:, None]
         unordered = torch.empty_like(logits)
         unordered[tasks, order] = logits
         return LearnerOutput(unordered[:, episode.support_x.shape[1] :], loss)

@@ -14,6 +14,8 @@ from fewcore import Episode
 from fewcore_plugins.learners.mann import (
     MANN,
     accuracy_by_instance,
+    episode_sequences,
+    evaluate_by_instance,
     initial_memory,
     least_used_weights,
     memory_step,
@@ -163,3 +165,17 @@ def test_mann_learns_to_label_sequences_above_chance() -> None:
         optimizer.step()
     after = sequence_accuracy()
     assert after > 0.43 and after > before + 0.08, f"sequence accuracy {before:.2f} → {after:.2f} (chance 0.33)"
+
+
+def test_evaluate_by_instance_over_an_episode_stream() -> None:
+    torch.manual_seed(2)
+    learner = _mann()
+    stream = [_new_class_sequences(torch.Generator().manual_seed(i), 4, 3, 5, 6) for i in range(3)]
+    result = evaluate_by_instance(learner, iter(stream), count=10, positions=(1, 2, 5, 6))
+    assert set(result) == {1, 2, 5}  # 5 presentations per class: no 6th
+    assert all(0.0 <= v <= 1.0 for v in result.values())
+    assert learner.training  # the mode is restored
+    x, y, _ = episode_sequences(stream[0], torch.Generator().manual_seed(0))
+    assert sorted(y[0].tolist()) == sorted(torch.cat([stream[0].support_y[0], stream[0].query_y[0]]).tolist())
+    with pytest.raises(ValueError, match="ended after 12 episodes"):
+        evaluate_by_instance(learner, iter(stream), count=13)
