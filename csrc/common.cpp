@@ -1,5 +1,4 @@
-// Device-independent parts of fewcore's ops: argument checks, norms and the matrix products that
-// turn per-element gradient coefficients into input gradients (BLAS/cuBLAS do those best).
+// Device-independent parts of fewcore's ops: argument checks and row norms.
 #include <fewcore/math.h>
 #include <fewcore/ops.h>
 
@@ -55,21 +54,6 @@ at::Tensor metric_norms(const at::Tensor& x, int64_t metric) {
   at::Tensor sumsq = x.square().sum(-1);
   // cosine_norm (math.h), vectorized by ATen.
   return metric == kCosine ? sumsq.sqrt_().clamp_min_(kCosineEps) : sumsq;
-}
-
-std::tuple<at::Tensor, at::Tensor> gradients_from_coefficients(const at::Tensor& G, const at::Tensor& W,
-                                                              const at::Tensor& x, const at::Tensor& y,
-                                                              const at::Tensor& nx, const at::Tensor& ny,
-                                                              int64_t metric) {
-  if (metric == kDot) return {at::bmm(G, y), at::bmm(G.transpose(1, 2), x)};
-  at::Tensor a = W.sum(2);
-  at::Tensor b = W.sum(1);
-  if (metric == kCosine) {
-    // row_factor (math.h): −1/n² where the norm is above eps, else 0.
-    a.mul_(at::where(nx > kCosineEps, -nx.square().reciprocal(), at::zeros({}, nx.options())));
-    b.mul_(at::where(ny > kCosineEps, -ny.square().reciprocal(), at::zeros({}, ny.options())));
-  }
-  return {at::baddbmm(x * a.unsqueeze(-1), G, y), at::baddbmm(y * b.unsqueeze(-1), G.transpose(1, 2), x)};
 }
 
 }  // namespace fewcore

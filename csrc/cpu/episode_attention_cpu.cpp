@@ -73,7 +73,7 @@ void forward_rows(const Task<T>& t, int64_t metric, T inv_temperature, int64_t i
       for (int64_t c = 0; c < cols; ++c) sum += p[r * ld + c];
       running_sum[r] += sum;
     }
-    out_rows.addmm_(tile, t.v.slice(0, j0, j1));
+    cpu::addmm_nn<T>(out_rows, tile, t.v.slice(0, j0, j1));
   }
   for (int64_t r = 0; r < rows; ++r) {
     const T inv = T(1) / running_sum[r];
@@ -95,7 +95,8 @@ std::tuple<at::Tensor, at::Tensor> episode_attention_cpu(const at::Tensor& q_in,
   const at::Tensor nq = metric_norms(q, metric), ns = metric_norms(s, metric);
   const int64_t row_blocks = ceil_div(N, kRowBlock);
   AT_DISPATCH_FLOATING_TYPES(dtype, "episode_attention_cpu", [&] {
-    at::parallel_for(0, B * row_blocks, 1, [&](int64_t begin, int64_t end) {
+    const int64_t work = std::min(N, kRowBlock) * s.size(1) * (q.size(2) + v.size(2));
+    at::parallel_for(0, B * row_blocks, cpu::grain_for(work), [&](int64_t begin, int64_t end) {
       at::AutoDispatchBelowADInplaceOrView guard;  // worker threads start with grad mode on
       for (int64_t index = begin; index < end; ++index) {
         const int64_t b = index / row_blocks, i0 = index % row_blocks * kRowBlock, i1 = std::min(N, i0 + kRowBlock);
@@ -141,7 +142,7 @@ void backward_range(const Task<T>& t, int64_t metric, T inv_temperature, const a
         for (int64_t c = 0; c < cols; ++c)
           prob[r * kColBlock + c] = attention_score(metric, val[r * kColBlock + c], inv_temperature) - lse[r0 + r];
       prob_tile.exp_();
-      at::mm_out(coeff_tile, dout_rows, v_cols.t());  // dP = dO vᵀ
+      cpu::matmul_nt<T>(dout_rows, v_cols, coeff_tile);  // dP = dO vᵀ
       for (int64_t r = 0; r < rows; ++r) {
         const T n_row = nq ? nq[r] : T(1);
         for (int64_t c = 0; c < cols; ++c) {
@@ -155,20 +156,23 @@ void backward_range(const Task<T>& t, int64_t metric, T inv_temperature, const a
           col_sum[c0 - j0 + c] += w;
         }
       }
-      if (rows_complete) dq.slice(0, r0, r1).addmm_(coeff_tile, s_cols);
+      if (rows_complete) {
+        at::Tensor dq_rows = dq.slice(0, r0, r1);
+        cpu::addmm_nn<T>(dq_rows, coeff_tile, s_cols);
+      }
       if (cols_complete) {
-        ds.slice(0, c0, c1).addmm_(coeff_tile.t(), q_rows);
-        dv.slice(0, c0, c1).addmm_(prob_tile.t(), dout_rows);
+        at::Tensor ds_rows = ds.slice(0, c0, c1), dv_rows = dv.slice(0, c0, c1);
+        cpu::addmm_tn<T>(ds_rows, coeff_tile, q_rows);
+        cpu::addmm_tn<T>(dv_rows, prob_tile, dout_rows);
       }
     }
   }
   if (metric == kDot) return;
-  if (rows_complete) {
-    for (int64_t i = i0; i < i1; ++i) dq[i].add_(t.q[i], row_sum[i - i0] * row_factor(metric, t.nq[i]));
-  }
-  if (cols_complete) {
-    for (int64_t j = j0; j < j1; ++j) ds[j].add_(t.s[j], col_sum[j - j0] * row_factor(metric, t.ns[j]));
-  }
+  const int64_t d = t.q.size(1);
+  if (rows_complete)
+    cpu::add_scaled_rows(dq.data_ptr<T>(), t.q.template data_ptr<T>(), row_sum.data(), t.nq, metric, i0, i1, d);
+  if (cols_complete)
+    cpu::add_scaled_rows(ds.data_ptr<T>(), t.s.template data_ptr<T>(), col_sum.data(), t.ns, metric, j0, j1, d);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_backward_cpu(
@@ -203,21 +207,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_backward_cpu(
                                lse.data_ptr<scalar_t>() + b * N, delta.data_ptr<scalar_t>() + b * N, i0, i1, j0, j1,
                                rows_complete, cols_complete, dq_b, ds_b, dv_b);
     };
+    // multiply-adds per query × support pair: scores, dP, and the three gradient products
+    const int64_t pair_work = 3 * q.size(2) + 2 * v.size(2);
     if (whole_tasks) {
-      at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, B, cpu::grain_for(N * M * pair_work), [&](int64_t begin, int64_t end) {
         at::AutoDispatchBelowADInplaceOrView guard;
         for (int64_t b = begin; b < end; ++b) run(b, 0, N, 0, M, true, true);
       });
       return;
     }
-    at::parallel_for(0, B * row_blocks, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * row_blocks, cpu::grain_for(kRowBlock * M * pair_work), [&](int64_t begin, int64_t end) {
       at::AutoDispatchBelowADInplaceOrView guard;
       for (int64_t index = begin; index < end; ++index) {
         const int64_t b = index / row_blocks, i0 = index % row_blocks * kRowBlock;
         run(b, i0, std::min(N, i0 + kRowBlock), 0, M, true, false);
       }
     });
-    at::parallel_for(0, B * col_blocks, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * col_blocks, cpu::grain_for(N * kColBlock * pair_work), [&](int64_t begin, int64_t end) {
       at::AutoDispatchBelowADInplaceOrView guard;
       for (int64_t index = begin; index < end; ++index) {
         const int64_t b = index / col_blocks, j0 = index % col_blocks * kColBlock;

@@ -1,7 +1,9 @@
-// pairwise_distance on the CPU: forward in BLAS tiles with a fused epilogue, backward through
-// per-element coefficients (math.h) and two batched products (common.cpp).
+// pairwise_distance on the CPU: forward in tiles (a product, then the metric epilogue while the
+// tile is in cache), backward through per-element coefficients (math.h) and two products.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <vector>
 
 #include <fewcore/math.h>
 #include <fewcore/ops.h>
@@ -26,7 +28,8 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x_in, const at::Tensor& y_in,
   AT_DISPATCH_FLOATING_TYPES(dtype, "pairwise_distance_cpu", [&] {
     const scalar_t* nxp = metric == kDot ? nullptr : nx.data_ptr<scalar_t>();
     const scalar_t* nyp = metric == kDot ? nullptr : ny.data_ptr<scalar_t>();
-    at::parallel_for(0, B * row_blocks * col_blocks, 1, [&](int64_t begin, int64_t end) {
+    const int64_t tile_work = std::min(N, cpu::kRowBlock) * std::min(M, cpu::kColBlock) * x.size(2);
+    at::parallel_for(0, B * row_blocks * col_blocks, cpu::grain_for(tile_work), [&](int64_t begin, int64_t end) {
       // Worker threads start with grad mode on; the tiles are plain arithmetic.
       at::AutoDispatchBelowADInplaceOrView guard;
       for (int64_t tile_index = begin; tile_index < end; ++tile_index) {
@@ -43,6 +46,9 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x_in, const at::Tensor& y_in,
   return out.to(x_in.scalar_type());
 }
 
+// gx_i = Σ_j G_ij y_j + a_i x_i and gy_j = Σ_i G_ij x_i + b_j y_j (math.h): pass 1 fills G and
+// W and the gx rows of a row block; pass 2 the gy rows of a column block, so each thread owns
+// the rows it writes.
 std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
                                                                    const at::Tensor& y_in, const at::Tensor& out_in,
                                                                    int64_t metric) {
@@ -52,40 +58,68 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
   const at::Tensor y = y_in.detach().to(dtype).contiguous();
   const at::Tensor grad = grad_in.detach().to(dtype).contiguous();
   const at::Tensor out = out_in.detach().to(dtype).contiguous();
-  TORCH_CHECK(grad.sizes() == out.sizes() && out.size(0) == x.size(0) && out.size(1) == x.size(1) &&
-                  out.size(2) == y.size(1),
-              "_pairwise_distance_backward: grad and out must be [B, N, M] = ", at::IntArrayRef{x.size(0), x.size(1), y.size(1)},
-              "; got ", grad.sizes(), " and ", out.sizes());
-  const at::Tensor nx = metric_norms(x, metric);
-  const at::Tensor ny = metric_norms(y, metric);
-  at::Tensor G = grad, W = grad;
-  if (metric != kDot) {
-    G = at::empty_like(grad);
-    W = at::empty_like(grad);
-    const int64_t N = x.size(1), M = y.size(1);
-    AT_DISPATCH_FLOATING_TYPES(dtype, "pairwise_distance_backward_cpu", [&] {
-      const scalar_t* g = grad.data_ptr<scalar_t>();
-      const scalar_t* o = out.data_ptr<scalar_t>();
-      const scalar_t* nxp = nx.data_ptr<scalar_t>();
-      const scalar_t* nyp = ny.data_ptr<scalar_t>();
-      scalar_t* Gp = G.data_ptr<scalar_t>();
-      scalar_t* Wp = W.data_ptr<scalar_t>();
-      const bool cosine = metric == kCosine;
-      at::parallel_for(0, x.size(0) * N, 16, [&](int64_t begin, int64_t end) {
-        for (int64_t row = begin; row < end; ++row) {
-          const int64_t b = row / N;
-          const scalar_t n_row = cosine ? nxp[row] : scalar_t(1);
-          for (int64_t j = 0; j < M; ++j) {
-            const int64_t e = row * M + j;
-            const scalar_t n_col = cosine ? nyp[b * M + j] : scalar_t(1);
-            Gp[e] = matrix_coefficient(metric, g[e], o[e], n_row, n_col);
-            Wp[e] = reduction_weight(metric, g[e], o[e], n_row, n_col);
+  const int64_t B = x.size(0), N = x.size(1), M = y.size(1), D = x.size(2);
+  TORCH_CHECK(grad.sizes() == out.sizes() && out.size(0) == B && out.size(1) == N && out.size(2) == M,
+              "_pairwise_distance_backward: grad and out must be [B, N, M] = ", at::IntArrayRef{B, N, M}, "; got ",
+              grad.sizes(), " and ", out.sizes());
+  const at::Tensor nx = metric_norms(x, metric), ny = metric_norms(y, metric);
+  at::Tensor gx = at::zeros_like(x), gy = at::zeros_like(y);
+  if (grad.numel() == 0) return {gx.to(x_in.scalar_type()), gy.to(y_in.scalar_type())};
+  const bool dot = metric == kDot, cosine = metric == kCosine;
+  at::Tensor G = dot ? grad : at::empty_like(grad);
+  at::Tensor W = dot ? grad : at::empty_like(grad);
+  const int64_t row_blocks = cpu::ceil_div(N, cpu::kRowBlock), col_blocks = cpu::ceil_div(M, cpu::kColBlock);
+  AT_DISPATCH_FLOATING_TYPES(dtype, "pairwise_distance_backward_cpu", [&] {
+    using T = scalar_t;
+    at::parallel_for(0, B * row_blocks, cpu::grain_for(cpu::kRowBlock * M * D), [&](int64_t begin, int64_t end) {
+      at::AutoDispatchBelowADInplaceOrView guard;  // worker threads start with grad mode on
+      for (int64_t index = begin; index < end; ++index) {
+        const int64_t b = index / row_blocks, i0 = index % row_blocks * cpu::kRowBlock;
+        const int64_t i1 = std::min(N, i0 + cpu::kRowBlock);
+        at::Tensor gx_rows = gx[b].slice(0, i0, i1);
+        if (!dot) {
+          const T* g = grad.data_ptr<T>();
+          const T* o = out.data_ptr<T>();
+          const T* nxp = nx.data_ptr<T>();
+          const T* nyp = ny.data_ptr<T>() + b * M;
+          T* Gp = G.data_ptr<T>();
+          T* Wp = W.data_ptr<T>();
+          std::vector<T> sums(i1 - i0, T(0));
+          for (int64_t i = i0; i < i1; ++i) {
+            const int64_t row = b * N + i;
+            const T n_row = cosine ? nxp[row] : T(1);
+            for (int64_t j = 0; j < M; ++j) {
+              const int64_t e = row * M + j;
+              const T n_col = cosine ? nyp[j] : T(1);
+              Gp[e] = matrix_coefficient(metric, g[e], o[e], n_row, n_col);
+              Wp[e] = reduction_weight(metric, g[e], o[e], n_row, n_col);
+              sums[i - i0] += Wp[e];
+            }
           }
+          cpu::add_scaled_rows(gx.data_ptr<T>() + b * N * D, x.data_ptr<T>() + b * N * D, sums.data(),
+                               nxp + b * N, metric, i0, i1, D);
         }
-      });
+        cpu::addmm_nn<T>(gx_rows, G[b].slice(0, i0, i1), y[b]);
+      }
     });
-  }
-  auto [gx, gy] = gradients_from_coefficients(G, W, x, y, nx, ny, metric);
+    at::parallel_for(0, B * col_blocks, cpu::grain_for(N * cpu::kColBlock * D), [&](int64_t begin, int64_t end) {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      for (int64_t index = begin; index < end; ++index) {
+        const int64_t b = index / col_blocks, j0 = index % col_blocks * cpu::kColBlock;
+        const int64_t j1 = std::min(M, j0 + cpu::kColBlock);
+        at::Tensor gy_rows = gy[b].slice(0, j0, j1);
+        if (!dot) {
+          std::vector<T> sums(j1 - j0, T(0));
+          const T* Wp = W.data_ptr<T>() + b * N * M;
+          for (int64_t i = 0; i < N; ++i)
+            for (int64_t j = j0; j < j1; ++j) sums[j - j0] += Wp[i * M + j];
+          cpu::add_scaled_rows(gy.data_ptr<T>() + b * M * D, y.data_ptr<T>() + b * M * D, sums.data(),
+                               ny.data_ptr<T>() + b * M, metric, j0, j1, D);
+        }
+        cpu::addmm_tn<T>(gy_rows, G[b].slice(1, j0, j1), x[b]);
+      }
+    });
+  });
   return {gx.to(x_in.scalar_type()), gy.to(y_in.scalar_type())};
 }
 

@@ -13,6 +13,22 @@ constexpr int64_t kColBlock = 512;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// at::parallel_for grain for items of `work` multiply-adds each: a thread gets at least ~2^20
+// (tens of µs), so episode-sized calls stay on the calling thread. Waking the pool costs more
+// than that, and far more when the machine is busy and the worker waits for a time slice.
+inline int64_t grain_for(int64_t work) { return std::max<int64_t>(1, ceil_div(int64_t{1} << 20, std::max<int64_t>(work, 1))); }
+
+// Below this many multiply-adds a tile's products are computed in place: a BLAS call costs more.
+constexpr int64_t kDirectTileWork = int64_t{1} << 15;
+
+template <class T>
+T dot(const T* a, const T* b, int64_t d) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t k = 0; k < d; ++k) acc += a[k] * b[k];
+  return acc;
+}
+
 template <class T>
 T exact_sqdist(const T* a, const T* b, int64_t d) {
   T acc = 0;
@@ -24,12 +40,88 @@ T exact_sqdist(const T* a, const T* b, int64_t d) {
   return acc;
 }
 
+// Products of row-major blocks (unit column stride, any row stride). Below kDirectTileWork
+// multiply-adds they are plain loops; larger ones call BLAS. Besides its call overhead, MKL may
+// start its own thread team for a tiny product, which on a busy machine waits for time slices
+// (inside at::parallel_for workers it runs single-threaded).
+
+// c[r, j] = Σ_k a[r, k] b[j, k]: a [R, K], b [J, K], c [R, J].
+template <class T>
+void matmul_nt(const at::Tensor& a, const at::Tensor& b, at::Tensor& c) {
+  const int64_t rows = a.size(0), cols = b.size(0), depth = a.size(1);
+  if (rows * cols * depth > kDirectTileWork) {
+    at::mm_out(c, a, b.t());
+    return;
+  }
+  const T* ap = a.data_ptr<T>();
+  const T* bp = b.data_ptr<T>();
+  T* cp = c.data_ptr<T>();
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) cp[r * c.stride(0) + j] = dot(ap + r * a.stride(0), bp + j * b.stride(0), depth);
+}
+
+// c[r, k] += Σ_j a[r, j] b[j, k]: a [R, J], b [J, K], c [R, K].
+template <class T>
+void addmm_nn(at::Tensor& c, const at::Tensor& a, const at::Tensor& b) {
+  const int64_t rows = a.size(0), inner = a.size(1), cols = b.size(1);
+  if (rows * inner * cols > kDirectTileWork) {
+    c.addmm_(a, b);
+    return;
+  }
+  const T* ap = a.data_ptr<T>();
+  const T* bp = b.data_ptr<T>();
+  T* cp = c.data_ptr<T>();
+  for (int64_t r = 0; r < rows; ++r) {
+    T* c_row = cp + r * c.stride(0);
+    for (int64_t j = 0; j < inner; ++j) {
+      const T w = ap[r * a.stride(0) + j];
+      const T* b_row = bp + j * b.stride(0);
+#pragma omp simd
+      for (int64_t k = 0; k < cols; ++k) c_row[k] += w * b_row[k];
+    }
+  }
+}
+
+// c[j, k] += Σ_r a[r, j] b[r, k]: a [R, J], b [R, K], c [J, K].
+template <class T>
+void addmm_tn(at::Tensor& c, const at::Tensor& a, const at::Tensor& b) {
+  const int64_t rows = a.size(0), inner = a.size(1), cols = b.size(1);
+  if (rows * inner * cols > kDirectTileWork) {
+    c.addmm_(a.t(), b);
+    return;
+  }
+  const T* ap = a.data_ptr<T>();
+  const T* bp = b.data_ptr<T>();
+  T* cp = c.data_ptr<T>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* b_row = bp + r * b.stride(0);
+    for (int64_t j = 0; j < inner; ++j) {
+      const T w = ap[r * a.stride(0) + j];
+      T* c_row = cp + j * c.stride(0);
+#pragma omp simd
+      for (int64_t k = 0; k < cols; ++k) c_row[k] += w * b_row[k];
+    }
+  }
+}
+
+// grad[i] += row_factor(norms[i]) · sums[i − i0] · rows[i] for i in [i0, i1), rows of length d:
+// the a_i x_i term of the gradients (math.h).
+template <class T>
+void add_scaled_rows(T* grad, const T* rows, const T* sums, const T* norms, int64_t metric, int64_t i0, int64_t i1,
+                     int64_t d) {
+  for (int64_t i = i0; i < i1; ++i) {
+    const T factor = row_factor(metric, norms[i]) * sums[i - i0];
+#pragma omp simd
+    for (int64_t k = 0; k < d; ++k) grad[i * d + k] += factor * rows[i * d + k];
+  }
+}
+
 // tile[r, c] = metric(x_blk[r], y_blk[c]). x_blk [R, D] and y_blk [Cn, D] are contiguous rows;
 // tile is an [R, Cn] view with unit column stride; nx/ny point at the blocks' metric_norms.
 template <class T>
 void metric_tile(int64_t metric, const at::Tensor& x_blk, const at::Tensor& y_blk, const T* nx, const T* ny,
                  at::Tensor& tile) {
-  at::mm_out(tile, x_blk, y_blk.t());
+  matmul_nt<T>(x_blk, y_blk, tile);
   if (metric == kDot) return;
   const int64_t rows = tile.size(0), cols = tile.size(1), ld = tile.stride(0), d = x_blk.size(1);
   T* t = tile.data_ptr<T>();

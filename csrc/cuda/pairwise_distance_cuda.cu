@@ -1,5 +1,5 @@
 // pairwise_distance on CUDA: shared-memory tiles of x and y rows, each thread one output; the
-// backward's per-element coefficients come from math.h, its products from cuBLAS (common.cpp).
+// backward's per-element coefficients come from math.h, its products from cuBLAS.
 #include <torch/library.h>
 
 #include <fewcore/math.h>
@@ -67,6 +67,22 @@ __global__ void coefficients_kernel(const T* __restrict__ grad, const T* __restr
   const T n_col = metric == kCosine ? ny[b * M + j] : T(1);
   G[e] = matrix_coefficient(metric, grad[e], out[e], n_row, n_col);
   W[e] = reduction_weight(metric, grad[e], out[e], n_row, n_col);
+}
+
+// gx = G y + (ra ⊙ Σ_j W) x,  gy = Gᵀ x + (rb ⊙ Σ_i W) y  (math.h), the products by cuBLAS.
+std::tuple<at::Tensor, at::Tensor> gradients_from_coefficients(const at::Tensor& G, const at::Tensor& W,
+                                                              const at::Tensor& x, const at::Tensor& y,
+                                                              const at::Tensor& nx, const at::Tensor& ny,
+                                                              int64_t metric) {
+  if (metric == kDot) return {at::bmm(G, y), at::bmm(G.transpose(1, 2), x)};
+  at::Tensor a = W.sum(2);
+  at::Tensor b = W.sum(1);
+  if (metric == kCosine) {
+    // row_factor (math.h): −1/n² where the norm is above eps, else 0.
+    a.mul_(at::where(nx > kCosineEps, -nx.square().reciprocal(), at::zeros({}, nx.options())));
+    b.mul_(at::where(ny > kCosineEps, -ny.square().reciprocal(), at::zeros({}, ny.options())));
+  }
+  return {at::baddbmm(x * a.unsqueeze(-1), G, y), at::baddbmm(y * b.unsqueeze(-1), G.transpose(1, 2), x)};
 }
 
 at::Tensor pairwise_distance_cuda(const at::Tensor& x_in, const at::Tensor& y_in, int64_t metric) {

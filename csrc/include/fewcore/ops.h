@@ -3,8 +3,6 @@
 
 #include <ATen/ATen.h>
 
-#include <tuple>
-
 namespace fewcore {
 
 // Checks of the arguments every kernel receives: 3-D, one batch size, matching widths, same
@@ -20,12 +18,5 @@ at::Tensor metric_norms(const at::Tensor& x, int64_t metric);
 
 // The dtype the kernels compute in: float32 for float16/bfloat16 inputs, else the input's.
 at::ScalarType compute_dtype(const at::Tensor& t);
-
-// The gradients of pairwise_distance from its coefficient matrices (see math.h):
-//   gx = G y + (ra ⊙ Σ_j W) x,   gy = Gᵀ x + (rb ⊙ Σ_i W) y.
-std::tuple<at::Tensor, at::Tensor> gradients_from_coefficients(const at::Tensor& G, const at::Tensor& W,
-                                                              const at::Tensor& x, const at::Tensor& y,
-                                                              const at::Tensor& nx, const at::Tensor& ny,
-                                                              int64_t metric);
 
 }  // namespace fewcore
