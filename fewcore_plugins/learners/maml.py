@@ -231,8 +231,8 @@ class MAML(Learner):
         """Adapt to every task of the batch and classify its queries.
 
         Uses ``inner_steps`` in training mode and ``eval_inner_steps`` in evaluation mode.
-        Gradients are enabled for the inner loop even under ``torch.no_grad()`` (evaluation);
-        the result then carries no graph.
+        The inner loop computes its gradients even under ``torch.no_grad()`` (evaluation; the
+        result then carries no graph), but not under ``torch.inference_mode()``.
 
         Args:
             support_x: ``[B, Ns, *item_shape]``.
@@ -243,6 +243,11 @@ class MAML(Learner):
         Returns:
             ``[B, Nq, n_way]`` logits of the adapted classifiers.
         """
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                "MAML adapts by gradient descent at test time, which torch.inference_mode() forbids; "
+                "evaluate under torch.no_grad() instead"
+            )
         if n_way > self.n_way:
             raise ValueError(
                 f"this MAML head has {self.n_way} outputs (n_way={self.n_way}) but the episode has "

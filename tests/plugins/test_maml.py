@@ -286,6 +286,13 @@ def test_evaluation_adapts_under_no_grad_and_matches_predict() -> None:
     assert loss_after < loss_before
 
 
+def test_inference_mode_is_explained() -> None:
+    learner = MAML(Flat(4), n_way=3).to(F64).eval()
+    episode = random_episode(batch=1, n_way=3, k_shot=1, q_query=1, item_shape=(4,))
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="torch.no_grad"):
+        learner(episode)
+
+
 def test_episode_with_fewer_classes_uses_the_first_outputs_and_more_is_an_error() -> None:
     learner = MAML(Flat(4), n_way=5).to(F64)
     out = learner(random_episode(2, 3, 1, 2, (4,)))
