@@ -293,6 +293,6 @@ def test_learner_learns_glyphs(name: str) -> None:
 
     test = list(itertools.islice(episodes("test", 1), 10))
     before = _accuracy(learner, test)
-    _train(learner, episodes("train", 0), steps=60, lr=1e-3)
+    _train(learner, episodes("train", 0), steps=100, lr=1e-3)
     after = _accuracy(learner, test)
-    assert after > 0.4 and after > before + 0.08, f"glyphs 5-way 1-shot test accuracy {before:.2f} → {after:.2f} (chance 0.20)"
+    assert after > 0.45 and after > before + 0.06, f"glyphs 5-way 1-shot test accuracy {before:.2f} → {after:.2f} (chance 0.20)"
