@@ -204,3 +204,14 @@ def test_loaded_learner_embeds_a_batch(demo_run: tuple[Path, str]) -> None:
     learner = fewcore.load(demo_run[0])
     embeddings = learner.backbone(torch.rand(7, 1, 28, 28))
     assert embeddings.shape == (7, learner.backbone.embedding_size((1, 28, 28)))
+
+
+def test_predict_errors(demo_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run, _ = demo_run
+    args = ["predict", "--checkpoint", str(run), "--query", str(tmp_path)]
+    assert main([*args, "--support", str(tmp_path / "missing")]) == 2
+    assert "support folder" in capsys.readouterr().err
+    (tmp_path / "support" / "a").mkdir(parents=True)
+    _save_png(torch.zeros(1, 28, 28), tmp_path / "support" / "a" / "0.png")
+    assert main([*args, "--support", str(tmp_path / "support")]) == 2  # the query folder has no images
+    assert "no query images" in capsys.readouterr().err

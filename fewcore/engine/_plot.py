@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from fewcore.engine._metrics import MetricsLog
@@ -31,6 +32,12 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     if not records:
         raise FileNotFoundError(f"{run_dir} has no metrics.jsonl records to plot (was it trained?)")
     output = Path(output) if output is not None else run_dir / "curves.png"
+    labels = {"train": "train", "val": "val"}
+    config_file = run_dir / "config.json"
+    if config_file.is_file():  # name the episode settings: training often uses more ways
+        config = json.loads(config_file.read_text())
+        labels["train"] = f"train ({config['train']['n_way']}-way {config['train']['k_shot']}-shot)"
+        labels["val"] = f"val ({config['val']['setting']})"
 
     figure = Figure(figsize=(10, 4), layout="constrained")
     FigureCanvasAgg(figure)
@@ -40,9 +47,9 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
         if not rows:
             continue
         steps = [r["step"] for r in rows]
-        loss_axes.plot(steps, [r["loss"] for r in rows], style, label=phase, markersize=3)
+        loss_axes.plot(steps, [r["loss"] for r in rows], style, label=labels[phase], markersize=3)
         accuracy = [100 * r["accuracy"] for r in rows]
-        accuracy_axes.plot(steps, accuracy, style, label=phase, markersize=3)
+        accuracy_axes.plot(steps, accuracy, style, label=labels[phase], markersize=3)
         if phase == "val":
             ci = [100 * r.get("ci95", 0.0) for r in rows]
             accuracy_axes.fill_between(
