@@ -34,29 +34,44 @@ def test_build_info_records_what_it_was_built_against() -> None:
     assert isinstance(info["with_cuda"], bool)
 
 
-def test_unloadable_extension_explains_versions_and_rebuild(monkeypatch: pytest.MonkeyPatch) -> None:
-    import fewcore.ops as ops
+# A broken build is simulated in a fresh process by making `import fewcore._C` fail.
+_BROKEN_BUILD = "import sys; sys.modules['fewcore._C'] = None\nimport torch, fewcore.ops as ops\n"
 
-    failure = ImportError("undefined symbol: _ZN3c10fake")
-    monkeypatch.setattr(_extension, "_load", lambda: failure)
-    monkeypatch.setenv("FEWCORE_OPS", "compiled")
-    with pytest.raises(_extension.ExtensionNotAvailable) as info:
-        ops.pairwise_distance(torch.randn(3, 4), torch.randn(5, 4))
-    message = str(info.value)
-    assert "undefined symbol" in message
+
+def _run_with_broken_build(script: str, ops_env: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FEWCORE_OPS": ops_env}
+    return subprocess.run([sys.executable, "-c", _BROKEN_BUILD + script], capture_output=True, text=True, env=env)
+
+
+def test_unloadable_extension_explains_versions_and_rebuild() -> None:
+    result = _run_with_broken_build(
+        "from fewcore._extension import ExtensionNotAvailable\n"
+        "try:\n"
+        "    ops.pairwise_distance(torch.randn(3, 4), torch.randn(5, 4))\n"
+        "except ExtensionNotAvailable as exc:\n"
+        "    assert isinstance(exc.__cause__, ImportError), exc.__cause__\n"
+        "    print(exc)\n",
+        ops_env="compiled",
+    )
+    assert result.returncode == 0, result.stderr
+    message = result.stdout
+    assert "fewcore._C" in message and "could not be loaded" in message
     assert f"It was built for torch {_extension.build_info()['torch']}" in message
     assert "pip install --no-build-isolation -e ." in message
     assert "FEWCORE_OPS=reference" in message
-    assert info.value.__cause__ is failure
 
 
-def test_reference_ops_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
-    import fewcore.ops as ops
-
-    monkeypatch.setattr(_extension, "_load", lambda: ImportError("broken build"))
-    monkeypatch.setenv("FEWCORE_OPS", "reference")
-    x, y = torch.randn(3, 4), torch.randn(5, 4)
-    torch.testing.assert_close(ops.pairwise_distance(x, y), torch.cdist(x, y) ** 2, rtol=1e-4, atol=1e-4)
+def test_reference_ops_only_when_asked() -> None:
+    result = _run_with_broken_build(
+        "x, y = torch.randn(3, 4), torch.randn(5, 4)\n"
+        "torch.testing.assert_close(ops.pairwise_distance(x, y), torch.cdist(x, y) ** 2, rtol=1e-4, atol=1e-4)\n"
+        "from fewcore import cli; cli.main(['info'])\n",
+        ops_env="reference",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line.split(None, 1) for line in result.stdout.splitlines()]
+    assert ["ops", "reference"] in lines
+    assert ["extension_loaded", "False"] in lines
 
 
 def test_unknown_implementation_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
