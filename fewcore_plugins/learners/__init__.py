@@ -9,13 +9,20 @@ from typing import Callable
 
 from fewcore import Learner, hookimpl
 from fewcore.hookspecs import Register
+from fewcore_plugins.learners.maml import MAML, MetaSGD
+from fewcore_plugins.learners.mann import MANN
 from fewcore_plugins.learners.matching import MatchingNetworks
 from fewcore_plugins.learners.protonet import PrototypicalNetworks
+from fewcore_plugins.learners.siamese import SiameseNetwork
 
 #: registered name → factory ``factory(backbone=..., **config)``
 LEARNERS: dict[str, Callable[..., Learner]] = {
     "protonet": PrototypicalNetworks,
     "matching": MatchingNetworks,
+    "maml": MAML,
+    "metasgd": MetaSGD,
+    "siamese": SiameseNetwork,
+    "mann": MANN,
 }
 
 
