@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -19,6 +20,19 @@ def omniglot_dir() -> Path:
     if not (OMNIGLOT_DIR / "images_background_small1.zip").exists():
         pytest.skip(f"Omniglot subsets not found in {OMNIGLOT_DIR} (set FEWCORE_OMNIGLOT to their folder)")
     return OMNIGLOT_DIR
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run a test with one intra-op thread.
+
+    For tiny models a second thread only adds synchronisation, and on a busy 2-core machine a
+    descheduled thread stalls every op (measured: a 2 s test took 60 s).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -56,14 +56,8 @@ def _build(name: str, config: dict[str, Any], features: int, backbone: Backbone 
     return _learner(name, backbone, **config)
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """These models are tiny: a second intra-op thread only adds synchronisation, and on a busy
-    2-core machine a descheduled thread stalls every op (measured: 2 s → 60 s for a test)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: a second intra-op thread only adds synchronisation (see tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- equations -------------------------------------------------------------------------------

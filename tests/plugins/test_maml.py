@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -16,13 +16,8 @@ from fewcore import Backbone, Episode
 from fewcore_plugins.learners.maml import MAML, MetaSGD, adapt
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models only lose to intra-op threading (10x slower on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: a second intra-op thread only adds synchronisation (see tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 F64 = torch.float64

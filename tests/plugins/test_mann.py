@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Iterator
 
 import pytest
 import torch
@@ -22,13 +21,8 @@ from fewcore_plugins.learners.mann import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models only lose to intra-op threading (10x slower on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: a second intra-op thread only adds synchronisation (see tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_least_used_weights_put_head_j_on_the_jth_least_used_slot() -> None:

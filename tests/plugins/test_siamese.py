@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -17,13 +17,8 @@ from fewcore_plugins.learners.siamese import SiameseNetwork, class_scores, contr
 from fewcore_plugins.pair_sampler import balanced_pairs
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models only lose to intra-op threading (10x slower on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: a second intra-op thread only adds synchronisation (see tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _labels(generator: torch.Generator, batch: int, n_way: int, per_class: int) -> Tensor:
