@@ -12,6 +12,7 @@ table in benchmarks/README.md; or ``pytest benchmarks/test_bench_ops.py --benchm
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import pytest
@@ -19,6 +20,12 @@ import torch
 import torch.nn.functional as F
 
 import fewcore.ops as ops
+
+# FEWCORE_BENCH_THREADS pins the intra-op threads of every implementation alike (ops_table.py
+# --threads): on a shared, oversubscribed machine a 2-thread team mostly measures how long the
+# second thread waits for a time slice.
+if os.environ.get("FEWCORE_BENCH_THREADS"):
+    torch.set_num_threads(int(os.environ["FEWCORE_BENCH_THREADS"]))
 
 #: episode shapes (B, N, M, D): B tasks, N = 75 queries (5-way 15-query), M support rows
 EPISODE_SHAPES = [(b, 75, m, d) for b in (1, 32) for m in (5, 25) for d in (64, 512, 1600)]

@@ -14,6 +14,11 @@ namespace fewcore {
 
 namespace {
 
+// Forward tiles: larger than the shared ones, for BLAS efficiency (fewer operand packings); a
+// float32 tile is 1 MiB, about one core's L2.
+constexpr int64_t kRowBlock = 256;
+constexpr int64_t kColBlock = 1024;
+
 at::Tensor pairwise_distance_cpu(const at::Tensor& x_in, const at::Tensor& y_in, int64_t metric) {
   check_pairwise_args(x_in, y_in, metric);
   const auto dtype = compute_dtype(x_in);
@@ -24,19 +29,33 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x_in, const at::Tensor& y_in,
   if (out.numel() == 0) return out.to(x_in.scalar_type());
   const at::Tensor nx = metric_norms(x, metric);
   const at::Tensor ny = metric_norms(y, metric);
-  const int64_t row_blocks = cpu::ceil_div(N, cpu::kRowBlock), col_blocks = cpu::ceil_div(M, cpu::kColBlock);
+  const int64_t D = x.size(2);
+  if (N * M <= cpu::kBatchedProductEntries) {
+    at::bmm_out(out, x, y.transpose(1, 2));
+    AT_DISPATCH_FLOATING_TYPES(dtype, "pairwise_distance_cpu", [&] {
+      using T = scalar_t;
+      at::parallel_for(0, B, cpu::grain_for(N * M * 4), [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b)
+          cpu::apply_metric<T>(metric, out.data_ptr<T>() + b * N * M, M, N, M, x.data_ptr<T>() + b * N * D,
+                               y.data_ptr<T>() + b * M * D, metric == kDot ? nullptr : nx.data_ptr<T>() + b * N,
+                               metric == kDot ? nullptr : ny.data_ptr<T>() + b * M, D);
+      });
+    });
+    return out.to(x_in.scalar_type());
+  }
+  const int64_t row_blocks = cpu::ceil_div(N, kRowBlock), col_blocks = cpu::ceil_div(M, kColBlock);
   AT_DISPATCH_FLOATING_TYPES(dtype, "pairwise_distance_cpu", [&] {
     const scalar_t* nxp = metric == kDot ? nullptr : nx.data_ptr<scalar_t>();
     const scalar_t* nyp = metric == kDot ? nullptr : ny.data_ptr<scalar_t>();
-    const int64_t tile_work = std::min(N, cpu::kRowBlock) * std::min(M, cpu::kColBlock) * x.size(2);
+    const int64_t tile_work = std::min(N, kRowBlock) * std::min(M, kColBlock) * D;
     at::parallel_for(0, B * row_blocks * col_blocks, cpu::grain_for(tile_work), [&](int64_t begin, int64_t end) {
       // Worker threads start with grad mode on; the tiles are plain arithmetic.
       at::AutoDispatchBelowADInplaceOrView guard;
       for (int64_t tile_index = begin; tile_index < end; ++tile_index) {
         const int64_t b = tile_index / (row_blocks * col_blocks);
-        const int64_t i0 = (tile_index / col_blocks % row_blocks) * cpu::kRowBlock;
-        const int64_t j0 = tile_index % col_blocks * cpu::kColBlock;
-        const int64_t i1 = std::min(N, i0 + cpu::kRowBlock), j1 = std::min(M, j0 + cpu::kColBlock);
+        const int64_t i0 = (tile_index / col_blocks % row_blocks) * kRowBlock;
+        const int64_t j0 = tile_index % col_blocks * kColBlock;
+        const int64_t i1 = std::min(N, i0 + kRowBlock), j1 = std::min(M, j0 + kColBlock);
         at::Tensor tile = out[b].slice(0, i0, i1).slice(1, j0, j1);
         cpu::metric_tile<scalar_t>(metric, x[b].slice(0, i0, i1), y[b].slice(0, j0, j1),
                                    nxp ? nxp + b * N + i0 : nullptr, nyp ? nyp + b * M + j0 : nullptr, tile);
@@ -44,6 +63,27 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x_in, const at::Tensor& y_in,
     });
   });
   return out.to(x_in.scalar_type());
+}
+
+// One task's G (math.h) and the row and column factors a_i = ra_i Σ_j W_ij, c_j = rb_j Σ_i W_ij
+// (a and c start at zero).
+template <class T>
+void task_coefficients(int64_t metric, const T* grad, const T* out, const T* nx, const T* ny, T* G, T* a, T* c,
+                       int64_t N, int64_t M) {
+  const bool cosine = metric == kCosine;
+  for (int64_t i = 0; i < N; ++i) {
+    const T n_row = cosine ? nx[i] : T(1);
+    for (int64_t j = 0; j < M; ++j) {
+      const int64_t e = i * M + j;
+      const T n_col = cosine ? ny[j] : T(1);
+      G[e] = matrix_coefficient(metric, grad[e], out[e], n_row, n_col);
+      const T w = reduction_weight(metric, grad[e], out[e], n_row, n_col);
+      a[i] += w;
+      c[j] += w;
+    }
+  }
+  for (int64_t i = 0; i < N; ++i) a[i] *= row_factor(metric, nx[i]);
+  for (int64_t j = 0; j < M; ++j) c[j] *= row_factor(metric, ny[j]);
 }
 
 // gx_i = Σ_j G_ij y_j + a_i x_i and gy_j = Σ_i G_ij x_i + b_j y_j (math.h): pass 1 fills G and
@@ -67,6 +107,22 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
   if (grad.numel() == 0) return {gx.to(x_in.scalar_type()), gy.to(y_in.scalar_type())};
   const bool dot = metric == kDot, cosine = metric == kCosine;
   at::Tensor G = dot ? grad : at::empty_like(grad);
+  if (N * M <= cpu::kBatchedProductEntries) {
+    // Small tasks: coefficients task by task, then the products as batched BLAS calls.
+    if (dot) return {at::bmm(grad, y).to(x_in.scalar_type()), at::bmm(grad.transpose(1, 2), x).to(y_in.scalar_type())};
+    at::Tensor a = at::zeros({B, N}, x.options()), c = at::zeros({B, M}, x.options());
+    AT_DISPATCH_FLOATING_TYPES(dtype, "pairwise_distance_backward_cpu", [&] {
+      using T = scalar_t;
+      at::parallel_for(0, B, cpu::grain_for(N * M * 4), [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b)
+          task_coefficients<T>(metric, grad.data_ptr<T>() + b * N * M, out.data_ptr<T>() + b * N * M,
+                               nx.data_ptr<T>() + b * N, ny.data_ptr<T>() + b * M, G.data_ptr<T>() + b * N * M,
+                               a.data_ptr<T>() + b * N, c.data_ptr<T>() + b * M, N, M);
+      });
+    });
+    return {at::baddbmm(x * a.unsqueeze(-1), G, y).to(x_in.scalar_type()),
+            at::baddbmm(y * c.unsqueeze(-1), G.transpose(1, 2), x).to(y_in.scalar_type())};
+  }
   at::Tensor W = dot ? grad : at::empty_like(grad);
   const int64_t row_blocks = cpu::ceil_div(N, cpu::kRowBlock), col_blocks = cpu::ceil_div(M, cpu::kColBlock);
   AT_DISPATCH_FLOATING_TYPES(dtype, "pairwise_distance_backward_cpu", [&] {

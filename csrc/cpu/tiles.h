@@ -116,17 +116,12 @@ void add_scaled_rows(T* grad, const T* rows, const T* sums, const T* norms, int6
   }
 }
 
-// tile[r, c] = metric(x_blk[r], y_blk[c]). x_blk [R, D] and y_blk [Cn, D] are contiguous rows;
-// tile is an [R, Cn] view with unit column stride; nx/ny point at the blocks' metric_norms.
+// Turns dot products into the metric in place: tile[r, c] (row stride ld) holds x_r · y_c for the
+// rows at xp (nx) and yp (ny), d features each; nx/ny are the rows' metric_norms.
 template <class T>
-void metric_tile(int64_t metric, const at::Tensor& x_blk, const at::Tensor& y_blk, const T* nx, const T* ny,
-                 at::Tensor& tile) {
-  matmul_nt<T>(x_blk, y_blk, tile);
+void apply_metric(int64_t metric, T* t, int64_t ld, int64_t rows, int64_t cols, const T* xp, const T* yp,
+                  const T* nx, const T* ny, int64_t d) {
   if (metric == kDot) return;
-  const int64_t rows = tile.size(0), cols = tile.size(1), ld = tile.stride(0), d = x_blk.size(1);
-  T* t = tile.data_ptr<T>();
-  const T* xp = x_blk.data_ptr<T>();
-  const T* yp = y_blk.data_ptr<T>();
   for (int64_t r = 0; r < rows; ++r) {
     T* row = t + r * ld;
     if (metric == kCosine) {
@@ -140,5 +135,19 @@ void metric_tile(int64_t metric, const at::Tensor& x_blk, const at::Tensor& y_bl
     }
   }
 }
+
+// tile[r, c] = metric(x_blk[r], y_blk[c]). x_blk [R, D] and y_blk [Cn, D] are contiguous rows;
+// tile is an [R, Cn] view with unit column stride; nx/ny point at the blocks' metric_norms.
+template <class T>
+void metric_tile(int64_t metric, const at::Tensor& x_blk, const at::Tensor& y_blk, const T* nx, const T* ny,
+                 at::Tensor& tile) {
+  matmul_nt<T>(x_blk, y_blk, tile);
+  apply_metric<T>(metric, tile.data_ptr<T>(), tile.stride(0), tile.size(0), tile.size(1), x_blk.data_ptr<T>(),
+                  y_blk.data_ptr<T>(), nx, ny, x_blk.size(1));
+}
+
+// Up to this many entries per task, a whole batch's products are one batched BLAS call (one
+// call instead of one per task), and the epilogue follows; larger tasks go tile by tile.
+constexpr int64_t kBatchedProductEntries = int64_t{1} << 16;
 
 }  // namespace fewcore::cpu

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
@@ -19,12 +20,18 @@ def tolerances(dtype: torch.dtype) -> dict[str, float]:
     }[dtype]
 
 
-def make(shape: tuple[int, ...], layout: str, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
-    """A random ``shape`` tensor with the given memory layout (values exactly representable in dtype)."""
+#: the CPU, and CUDA when a GPU is present (tests marked ``cuda`` skip without one)
+DEVICES = ("cpu", pytest.param("cuda", marks=pytest.mark.cuda))
+
+
+def make(
+    shape: tuple[int, ...], layout: str, dtype: torch.dtype, generator: torch.Generator, device: str = "cpu"
+) -> torch.Tensor:
+    """A random ``shape`` tensor on ``device`` with the given memory layout."""
     *lead, rows, cols = shape
 
     def randn(*size: int) -> torch.Tensor:
-        return torch.randn(size, generator=generator, dtype=torch.float64).to(dtype)
+        return torch.randn(size, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
 
     if layout == "contiguous":
         result = randn(*shape)

@@ -9,27 +9,28 @@ from hypothesis import strategies as st
 
 import fewcore.ops as ops
 from fewcore.ops import reference
-from tests.ops._inputs import DTYPES, LAYOUTS, leaf, make, tolerances
+from tests.ops._inputs import DEVICES, DTYPES, LAYOUTS, leaf, make, tolerances
 
 
 @pytest.mark.parametrize("metric", ops.METRICS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "single"])
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_matches_reference(metric: str, dtype: torch.dtype, batched: bool, layout: str) -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_matches_reference(metric: str, dtype: torch.dtype, batched: bool, layout: str, device: str) -> None:
     gen = torch.Generator().manual_seed(0)
     lead = (3,) if batched else ()
     other = "contiguous" if layout == "expanded" else layout
-    q, q64 = leaf(make((*lead, 7, 5), layout, dtype, gen))
-    s, s64 = leaf(make((*lead, 4, 5), other, dtype, gen))
-    v, v64 = leaf(make((*lead, 4, 3), other, dtype, gen))
+    q, q64 = leaf(make((*lead, 7, 5), layout, dtype, gen, device))
+    s, s64 = leaf(make((*lead, 4, 5), other, dtype, gen, device))
+    v, v64 = leaf(make((*lead, 4, 3), other, dtype, gen, device))
     # Distances between unit-variance 5-D points reach ~20: a temperature keeps the softmax soft.
     temperature = 4.0 if metric in ("sqeuclidean", "dot") else 0.5
     out = ops.episode_attention(q, s, v, metric, temperature)
     expected = reference.episode_attention(q64, s64, v64, metric, temperature)
     assert out.dtype == dtype and out.shape == expected.shape == (*lead, 7, 3)
     torch.testing.assert_close(out.double(), expected, **tolerances(dtype))
-    grad = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+    grad = torch.randn(expected.shape, generator=gen, dtype=torch.float64).to(device)
     out.backward(grad.to(dtype))
     expected.backward(grad)
     for mine, theirs in ((q, q64), (s, s64), (v, v64)):

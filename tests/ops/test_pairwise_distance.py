@@ -9,23 +9,24 @@ from hypothesis import strategies as st
 
 import fewcore.ops as ops
 from fewcore.ops import reference
-from tests.ops._inputs import DTYPES, LAYOUTS, leaf, make, tolerances
+from tests.ops._inputs import DEVICES, DTYPES, LAYOUTS, leaf, make, tolerances
 
 
 @pytest.mark.parametrize("metric", ops.METRICS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "single"])
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_matches_reference(metric: str, dtype: torch.dtype, batched: bool, layout: str) -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_matches_reference(metric: str, dtype: torch.dtype, batched: bool, layout: str, device: str) -> None:
     gen = torch.Generator().manual_seed(0)
     lead = (3,) if batched else ()
-    x, x64 = leaf(make((*lead, 7, 5), layout, dtype, gen))
-    y, y64 = leaf(make((*lead, 4, 5), "contiguous" if layout == "expanded" else layout, dtype, gen))
+    x, x64 = leaf(make((*lead, 7, 5), layout, dtype, gen, device))
+    y, y64 = leaf(make((*lead, 4, 5), "contiguous" if layout == "expanded" else layout, dtype, gen, device))
     out = ops.pairwise_distance(x, y, metric)
     expected = reference.pairwise_distance(x64, y64, metric)
     assert out.dtype == dtype and out.shape == expected.shape == (*lead, 7, 4)
     torch.testing.assert_close(out.double(), expected, **tolerances(dtype))
-    grad = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+    grad = torch.randn(expected.shape, generator=gen, dtype=torch.float64).to(device)
     out.backward(grad.to(dtype))
     expected.backward(grad)
     torch.testing.assert_close(x.grad.double(), x64.grad, **tolerances(dtype))
