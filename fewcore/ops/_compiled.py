@@ -10,7 +10,8 @@ and a C++ ``autograd::Function`` do not, see pytorch#168393 and #170834).
 Level 1 (``_pairwise_distance``, ``_episode_attention``) runs the forward kernel; its backward
 runs the backward kernel through level 2 (``_pairwise_distance_backward``, ...), whose own
 backward — needed only for second derivatives — is the vector-Jacobian product of the
-pure-PyTorch reference's backward, so higher derivatives stay exact and differentiable.
+pure-PyTorch reference's backward, so higher derivatives stay exact and differentiable (at the
+reference's cost: second derivatives of distances hold a ``B·N·M·D`` difference tensor).
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ def _autograd_function(
     )
 
     def apply(*args: Any) -> Any:
+        # The same test Function.apply makes before taking its torch.func path (no public API).
         if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
             return transformable.apply(*args)
         return classic.apply(*args)
