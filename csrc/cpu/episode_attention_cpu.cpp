@@ -116,10 +116,11 @@ template <class T>
 void backward_range(const Task<T>& t, int64_t metric, T inv_temperature, const at::Tensor& dout, const T* lse,
                     const T* delta, int64_t i0, int64_t i1, int64_t j0, int64_t j1, bool rows_complete,
                     bool cols_complete, at::Tensor& dq, at::Tensor& ds, at::Tensor& dv) {
-  const auto options = t.q.options();
-  at::Tensor values = at::empty({kRowBlock, kColBlock}, options);
-  at::Tensor probs = at::empty({kRowBlock, kColBlock}, options);
-  at::Tensor coeffs = at::empty({kRowBlock, kColBlock}, options);
+  // Tile buffers no larger than the range: episode tasks are far smaller than a tile, and
+  // allocating (and page-faulting) full tiles per task cost more than the arithmetic.
+  const int64_t ld = std::min(j1 - j0, kColBlock);
+  at::Tensor buffers = at::empty({3, std::min(i1 - i0, kRowBlock), ld}, t.q.options());
+  at::Tensor values = buffers[0], probs = buffers[1], coeffs = buffers[2];
   std::vector<T> row_sum(i1 - i0, T(0)), col_sum(j1 - j0, T(0));
   // Gradient on the metric's value from a gradient on the score: scores are ±value / T.
   const T value_sign = is_distance(metric) ? -inv_temperature : inv_temperature;
@@ -140,13 +141,13 @@ void backward_range(const Task<T>& t, int64_t metric, T inv_temperature, const a
       T* coeff = coeff_tile.data_ptr<T>();
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t c = 0; c < cols; ++c)
-          prob[r * kColBlock + c] = attention_score(metric, val[r * kColBlock + c], inv_temperature) - lse[r0 + r];
+          prob[r * ld + c] = attention_score(metric, val[r * ld + c], inv_temperature) - lse[r0 + r];
       prob_tile.exp_();
       cpu::matmul_nt<T>(dout_rows, v_cols, coeff_tile);  // dP = dO vᵀ
       for (int64_t r = 0; r < rows; ++r) {
         const T n_row = nq ? nq[r] : T(1);
         for (int64_t c = 0; c < cols; ++c) {
-          const int64_t e = r * kColBlock + c;
+          const int64_t e = r * ld + c;
           // softmax backward: dS = P (dP − Σ_c dO·O), then onto the metric's value.
           const T g = prob[e] * (coeff[e] - delta[r0 + r]) * value_sign;
           const T n_col = ns ? ns[c] : T(1);

@@ -65,6 +65,12 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x_in, const at::Tensor& y_in,
   return out.to(x_in.scalar_type());
 }
 
+// The rows' cosine norms from `offset` on; null for the other metrics, whose backward needs none.
+template <class T>
+const T* cosine_norms(const at::Tensor& norms, int64_t metric, int64_t offset) {
+  return metric == kCosine ? norms.data_ptr<T>() + offset : nullptr;
+}
+
 // One task's G (math.h) and the row and column factors a_i = ra_i Σ_j W_ij, c_j = rb_j Σ_i W_ij
 // (a and c start at zero).
 template <class T>
@@ -82,6 +88,7 @@ void task_coefficients(int64_t metric, const T* grad, const T* out, const T* nx,
       c[j] += w;
     }
   }
+  if (!cosine) return;  // row_factor is 1
   for (int64_t i = 0; i < N; ++i) a[i] *= row_factor(metric, nx[i]);
   for (int64_t j = 0; j < M; ++j) c[j] *= row_factor(metric, ny[j]);
 }
@@ -102,13 +109,15 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
   TORCH_CHECK(grad.sizes() == out.sizes() && out.size(0) == B && out.size(1) == N && out.size(2) == M,
               "_pairwise_distance_backward: grad and out must be [B, N, M] = ", at::IntArrayRef{B, N, M}, "; got ",
               grad.sizes(), " and ", out.sizes());
-  const at::Tensor nx = metric_norms(x, metric), ny = metric_norms(y, metric);
-  at::Tensor gx = at::zeros_like(x), gy = at::zeros_like(y);
-  if (grad.numel() == 0) return {gx.to(x_in.scalar_type()), gy.to(y_in.scalar_type())};
+  if (grad.numel() == 0)
+    return {at::zeros_like(x_in, at::MemoryFormat::Contiguous), at::zeros_like(y_in, at::MemoryFormat::Contiguous)};
   const bool dot = metric == kDot, cosine = metric == kCosine;
+  // Only cosine's coefficients involve the norms; the distances' come from `out` alone.
+  const at::Tensor nx = metric_norms(x, cosine ? metric : kDot), ny = metric_norms(y, cosine ? metric : kDot);
   at::Tensor G = dot ? grad : at::empty_like(grad);
   if (N * M <= cpu::kBatchedProductEntries) {
-    // Small tasks: coefficients task by task, then the products as batched BLAS calls.
+    // Small tasks: coefficients task by task, then the products as batched BLAS calls, each
+    // accumulating onto a_i x_i (or b_j y_j) written straight into the gradient.
     if (dot) return {at::bmm(grad, y).to(x_in.scalar_type()), at::bmm(grad.transpose(1, 2), x).to(y_in.scalar_type())};
     at::Tensor a = at::zeros({B, N}, x.options()), c = at::zeros({B, M}, x.options());
     AT_DISPATCH_FLOATING_TYPES(dtype, "pairwise_distance_backward_cpu", [&] {
@@ -116,13 +125,17 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
       at::parallel_for(0, B, cpu::grain_for(N * M * 4), [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b)
           task_coefficients<T>(metric, grad.data_ptr<T>() + b * N * M, out.data_ptr<T>() + b * N * M,
-                               nx.data_ptr<T>() + b * N, ny.data_ptr<T>() + b * M, G.data_ptr<T>() + b * N * M,
-                               a.data_ptr<T>() + b * N, c.data_ptr<T>() + b * M, N, M);
+                               cosine_norms<T>(nx, metric, b * N), cosine_norms<T>(ny, metric, b * M),
+                               G.data_ptr<T>() + b * N * M, a.data_ptr<T>() + b * N, c.data_ptr<T>() + b * M, N, M);
       });
     });
-    return {at::baddbmm(x * a.unsqueeze(-1), G, y).to(x_in.scalar_type()),
-            at::baddbmm(y * c.unsqueeze(-1), G.transpose(1, 2), x).to(y_in.scalar_type())};
+    at::Tensor gx = at::mul(x, a.unsqueeze(-1)), gy = at::mul(y, c.unsqueeze(-1));
+    gx.baddbmm_(G, y);
+    gy.baddbmm_(G.transpose(1, 2), x);
+    return {gx.to(x_in.scalar_type()), gy.to(y_in.scalar_type())};
   }
+  // The tiles below accumulate into the gradients.
+  at::Tensor gx = at::zeros_like(x), gy = at::zeros_like(y);
   at::Tensor W = dot ? grad : at::empty_like(grad);
   const int64_t row_blocks = cpu::ceil_div(N, cpu::kRowBlock), col_blocks = cpu::ceil_div(M, cpu::kColBlock);
   AT_DISPATCH_FLOATING_TYPES(dtype, "pairwise_distance_backward_cpu", [&] {
@@ -136,8 +149,8 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
         if (!dot) {
           const T* g = grad.data_ptr<T>();
           const T* o = out.data_ptr<T>();
-          const T* nxp = nx.data_ptr<T>();
-          const T* nyp = ny.data_ptr<T>() + b * M;
+          const T* nxp = cosine_norms<T>(nx, metric, 0);
+          const T* nyp = cosine_norms<T>(ny, metric, b * M);
           T* Gp = G.data_ptr<T>();
           T* Wp = W.data_ptr<T>();
           std::vector<T> sums(i1 - i0, T(0));
@@ -153,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
             }
           }
           cpu::add_scaled_rows(gx.data_ptr<T>() + b * N * D, x.data_ptr<T>() + b * N * D, sums.data(),
-                               nxp + b * N, metric, i0, i1, D);
+                               cosine_norms<T>(nx, metric, b * N), metric, i0, i1, D);
         }
         cpu::addmm_nn<T>(gx_rows, G[b].slice(0, i0, i1), y[b]);
       }
@@ -170,7 +183,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
           for (int64_t i = 0; i < N; ++i)
             for (int64_t j = j0; j < j1; ++j) sums[j - j0] += Wp[i * M + j];
           cpu::add_scaled_rows(gy.data_ptr<T>() + b * M * D, y.data_ptr<T>() + b * M * D, sums.data(),
-                               ny.data_ptr<T>() + b * M, metric, j0, j1, D);
+                               cosine_norms<T>(ny, metric, b * M), metric, j0, j1, D);
         }
         cpu::addmm_tn<T>(gy_rows, G[b].slice(1, j0, j1), x[b]);
       }

@@ -105,12 +105,12 @@ void addmm_tn(at::Tensor& c, const at::Tensor& a, const at::Tensor& b) {
 }
 
 // grad[i] += row_factor(norms[i]) · sums[i − i0] · rows[i] for i in [i0, i1), rows of length d:
-// the a_i x_i term of the gradients (math.h).
+// the a_i x_i term of the gradients (math.h). `norms` is read only for cosine (may be null else).
 template <class T>
 void add_scaled_rows(T* grad, const T* rows, const T* sums, const T* norms, int64_t metric, int64_t i0, int64_t i1,
                      int64_t d) {
   for (int64_t i = i0; i < i1; ++i) {
-    const T factor = row_factor(metric, norms[i]) * sums[i - i0];
+    const T factor = (metric == kCosine ? row_factor(metric, norms[i]) : T(1)) * sums[i - i0];
 #pragma omp simd
     for (int64_t k = 0; k < d; ++k) grad[i * d + k] += factor * rows[i * d + k];
   }
