@@ -1,5 +1,5 @@
-// pairwise_distance on the CPU: forward in tiles (a product, then the metric epilogue while the
-// tile is in cache), backward through per-element coefficients (math.h) and two products.
+// pairwise_distance on the CPU: forward as one batched BLAS product and a vectorized metric
+// epilogue by rows, backward through per-element coefficients (math.h) and two products.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -14,52 +14,103 @@ namespace fewcore {
 
 namespace {
 
-// Forward tiles: larger than the shared ones, for BLAS efficiency (fewer operand packings); a
-// float32 tile is 1 MiB, about one core's L2.
-constexpr int64_t kRowBlock = 256;
-constexpr int64_t kColBlock = 1024;
+// The forward's row loops below are compiled for several instruction sets and picked at load
+// time: the x86-64 baseline's four-float vectors would halve the speed of the epilogue's square
+// roots and of the norms. FEWCORE_CPU_INLINE marks what they call, so that it is compiled into
+// each clone.
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#define FEWCORE_CPU_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#else
+#define FEWCORE_CPU_CLONES
+#endif
+#if defined(__GNUC__) || defined(__clang__)
+#define FEWCORE_CPU_INLINE inline __attribute__((always_inline))
+#else
+#define FEWCORE_CPU_INLINE inline
+#endif
+
+// Rows [begin, end) of `rows` ([count, d]) get their metric_norms (ops.h): ‖r‖² or cosine_norm.
+template <class T>
+FEWCORE_CPU_CLONES void row_norms(int64_t metric, const T* rows, int64_t begin, int64_t end, int64_t d, T* norms) {
+  for (int64_t r = begin; r < end; ++r) {
+    const T* row = rows + r * d;
+    T sumsq = 0;
+#pragma omp simd reduction(+ : sumsq)
+    for (int64_t k = 0; k < d; ++k) sumsq += row[k] * row[k];
+    norms[r] = metric == kCosine ? cosine_norm(sumsq) : sumsq;
+  }
+}
+
+// metric_norms (ops.h) of a contiguous [B, R, D] tensor, by rows in parallel (no [B, R, D]
+// temporary); undefined for dot, which needs none.
+at::Tensor cpu_metric_norms(const at::Tensor& t, int64_t metric) {
+  if (metric == kDot) return {};
+  const int64_t rows = t.size(0) * t.size(1), d = t.size(2);
+  at::Tensor norms = at::empty({t.size(0), t.size(1)}, t.options());
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "pairwise_distance_norms", [&] {
+    const scalar_t* p = t.data_ptr<scalar_t>();
+    scalar_t* n = norms.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, cpu::grain_for(d), [&](int64_t begin, int64_t end) {
+      row_norms<scalar_t>(metric, p, begin, end, d, n);
+    });
+  });
+  return norms;
+}
+
+// Turns o[j] = x_r · y_j (j < M) into the metric in place. nx_r and ny are metric_norms; xr and
+// yb (the task's [M, D] support rows) are read only to recompute cancelled distances exactly.
+template <class T>
+FEWCORE_CPU_INLINE void finish_row(int64_t metric, T* o, int64_t M, T nx_r, const T* ny, const T* xr, const T* yb,
+                                   int64_t D) {
+  if (metric == kCosine) {
+#pragma omp simd
+    for (int64_t j = 0; j < M; ++j) o[j] = metric_value<T>(kCosine, o[j], nx_r, ny[j]);
+    return;
+  }
+  // Vectorized expanded form first; the few entries it cannot trust are recomputed after.
+  int64_t cancelled = 0;
+#pragma omp simd reduction(+ : cancelled)
+  for (int64_t j = 0; j < M; ++j) {
+    o[j] = expanded_sqdist(o[j], nx_r, ny[j]);
+    cancelled += needs_exact_sqdist(o[j], nx_r, ny[j]) ? 1 : 0;
+  }
+  if (cancelled > 0)
+    for (int64_t j = 0; j < M; ++j)
+      if (needs_exact_sqdist(o[j], nx_r, ny[j])) o[j] = cpu::exact_sqdist(xr, yb + j * D, D);
+  if (metric == kEuclidean) {
+#pragma omp simd
+    for (int64_t j = 0; j < M; ++j) o[j] = std::sqrt(o[j]);
+  }
+}
+
+// The forward's epilogue on rows [begin, end) of the flattened [B·N, M] products.
+template <class T>
+FEWCORE_CPU_CLONES void finish_rows(int64_t metric, T* out, const T* x, const T* y, const T* nx, const T* ny,
+                                    int64_t begin, int64_t end, int64_t N, int64_t M, int64_t D) {
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t b = r / N;
+    finish_row(metric, out + r * M, M, nx[r], ny + b * M, x + r * D, y + b * M * D, D);
+  }
+}
 
 at::Tensor pairwise_distance_cpu(const at::Tensor& x_in, const at::Tensor& y_in, int64_t metric) {
   check_pairwise_args(x_in, y_in, metric);
   const auto dtype = compute_dtype(x_in);
-  const at::Tensor x = x_in.detach().to(dtype).contiguous();
-  const at::Tensor y = y_in.detach().to(dtype).contiguous();
-  const int64_t B = x.size(0), N = x.size(1), M = y.size(1);
+  const at::Tensor x = x_in.to(dtype).contiguous();
+  const at::Tensor y = y_in.to(dtype).contiguous();
+  const int64_t B = x.size(0), N = x.size(1), M = y.size(1), D = x.size(2);
   at::Tensor out = at::empty({B, N, M}, x.options());
   if (out.numel() == 0) return out.to(x_in.scalar_type());
-  const at::Tensor nx = metric_norms(x, metric);
-  const at::Tensor ny = metric_norms(y, metric);
-  const int64_t D = x.size(2);
-  if (N * M <= cpu::kBatchedProductEntries) {
-    at::bmm_out(out, x, y.transpose(1, 2));
-    AT_DISPATCH_FLOATING_TYPES(dtype, "pairwise_distance_cpu", [&] {
-      using T = scalar_t;
-      at::parallel_for(0, B, cpu::grain_for(N * M * 4), [&](int64_t begin, int64_t end) {
-        for (int64_t b = begin; b < end; ++b)
-          cpu::apply_metric<T>(metric, out.data_ptr<T>() + b * N * M, M, N, M, x.data_ptr<T>() + b * N * D,
-                               y.data_ptr<T>() + b * M * D, metric == kDot ? nullptr : nx.data_ptr<T>() + b * N,
-                               metric == kDot ? nullptr : ny.data_ptr<T>() + b * M, D);
-      });
-    });
-    return out.to(x_in.scalar_type());
-  }
-  const int64_t row_blocks = cpu::ceil_div(N, kRowBlock), col_blocks = cpu::ceil_div(M, kColBlock);
+  // One BLAS call for the whole batch, then the metric by rows in parallel: norms, square
+  // roots, and an exact recomputation only where the expanded form cancelled.
+  at::bmm_out(out, x, y.transpose(1, 2));
+  if (metric == kDot) return out.to(x_in.scalar_type());
+  const at::Tensor nx = cpu_metric_norms(x, metric), ny = cpu_metric_norms(y, metric);
   AT_DISPATCH_FLOATING_TYPES(dtype, "pairwise_distance_cpu", [&] {
-    const scalar_t* nxp = metric == kDot ? nullptr : nx.data_ptr<scalar_t>();
-    const scalar_t* nyp = metric == kDot ? nullptr : ny.data_ptr<scalar_t>();
-    const int64_t tile_work = std::min(N, kRowBlock) * std::min(M, kColBlock) * D;
-    at::parallel_for(0, B * row_blocks * col_blocks, cpu::grain_for(tile_work), [&](int64_t begin, int64_t end) {
-      // Worker threads start with grad mode on; the tiles are plain arithmetic.
-      at::AutoDispatchBelowADInplaceOrView guard;
-      for (int64_t tile_index = begin; tile_index < end; ++tile_index) {
-        const int64_t b = tile_index / (row_blocks * col_blocks);
-        const int64_t i0 = (tile_index / col_blocks % row_blocks) * kRowBlock;
-        const int64_t j0 = tile_index % col_blocks * kColBlock;
-        const int64_t i1 = std::min(N, i0 + kRowBlock), j1 = std::min(M, j0 + kColBlock);
-        at::Tensor tile = out[b].slice(0, i0, i1).slice(1, j0, j1);
-        cpu::metric_tile<scalar_t>(metric, x[b].slice(0, i0, i1), y[b].slice(0, j0, j1),
-                                   nxp ? nxp + b * N + i0 : nullptr, nyp ? nyp + b * M + j0 : nullptr, tile);
-      }
+    using T = scalar_t;
+    at::parallel_for(0, B * N, cpu::grain_for(M * 4), [&](int64_t begin, int64_t end) {
+      finish_rows<T>(metric, out.data_ptr<T>(), x.data_ptr<T>(), y.data_ptr<T>(), nx.data_ptr<T>(),
+                     ny.data_ptr<T>(), begin, end, N, M, D);
     });
   });
   return out.to(x_in.scalar_type());
@@ -113,7 +164,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
     return {at::zeros_like(x_in, at::MemoryFormat::Contiguous), at::zeros_like(y_in, at::MemoryFormat::Contiguous)};
   const bool dot = metric == kDot, cosine = metric == kCosine;
   // Only cosine's coefficients involve the norms; the distances' come from `out` alone.
-  const at::Tensor nx = metric_norms(x, cosine ? metric : kDot), ny = metric_norms(y, cosine ? metric : kDot);
+  const at::Tensor nx = cpu_metric_norms(x, cosine ? metric : kDot), ny = cpu_metric_norms(y, cosine ? metric : kDot);
   at::Tensor G = dot ? grad : at::empty_like(grad);
   if (N * M <= cpu::kBatchedProductEntries) {
     // Small tasks: coefficients task by task, then the products as batched BLAS calls, each

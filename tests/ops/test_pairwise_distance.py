@@ -90,6 +90,39 @@ def test_near_duplicates_stay_accurate() -> None:
     torch.testing.assert_close(euclid.double(), expected.sqrt(), rtol=1e-4, atol=1e-9)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_near_duplicates_across_parallel_row_chunks(threads: int) -> None:
+    """The exact recomputation in the forward's row-parallel epilogue, over more rows than one chunk.
+
+    2·600 query rows against 300 support rows exceed one at::parallel_for chunk of the epilogue
+    (cpu::grain_for), and near-duplicate pairs sit in every chunk.
+    """
+    gen = torch.Generator().manual_seed(5)
+    x = 100 + torch.randn(2, 600, 16, generator=gen)
+    y = x[:, ::2] + 1e-3 * torch.randn(2, 300, 16, generator=gen)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        sq = ops.pairwise_distance(x, y, "sqeuclidean")
+        euclid = ops.pairwise_distance(x, y, "euclidean")
+    finally:
+        torch.set_num_threads(before)
+    expected = reference.pairwise_distance(x.double(), y.double(), "sqeuclidean")
+    assert expected[:, ::2].diagonal(dim1=1, dim2=2).max() < 1e-4  # y_j is x_2j moved by ~1e-3
+    torch.testing.assert_close(sq.double(), expected, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(euclid.double(), expected.sqrt(), rtol=1e-4, atol=1e-9)
+
+
+def test_no_graph_without_grad() -> None:
+    """Under no_grad (and for inputs not requiring grad) the kernel runs without an autograd node."""
+    x, y = torch.randn(2, 7, 5, requires_grad=True), torch.randn(2, 4, 5)
+    with torch.no_grad():
+        out = ops.pairwise_distance(x, y, "euclidean")
+    assert out.grad_fn is None and not out.requires_grad
+    assert ops.pairwise_distance(x.detach(), y, "euclidean").grad_fn is None
+    torch.testing.assert_close(out, ops.pairwise_distance(x, y, "euclidean").detach())
+
+
 def test_identical_points_give_zero_and_finite_gradients() -> None:
     x = torch.randn(3, 6, requires_grad=True)
     for metric in ("sqeuclidean", "euclidean"):
