@@ -5,8 +5,11 @@ directly (no Python wrapper, no autograd), so the numbers are the kernels' own c
 C++ dispatcher call. The eager composite is the one in ``test_bench_ops.py`` (normalize + matmul
 + softmax + matmul, cosine, T = 1), timed forward and forward+backward through autograd.
 
-Each round times every implementation once per shape in turn (interleaved, so that load on the
-shared machine hits all of them alike); the table shows medians over rounds.
+With --threads 1 each call is timed in CPU time of the calling thread (which runs everything
+then), so that other jobs' time slices on the shared machine do not count; the cache effects of
+sharing remain. The implementations are called one after the other, each call timed on its own, for --seconds
+per shape (interleaved, so that load on the shared machine hits all of them alike); the table
+shows the medians of the single calls.
 
     PYTHONPATH=$PWD python benchmarks/attention_kernel_timing.py --threads 1
     PYTHONPATH=$PWD python benchmarks/attention_kernel_timing.py --threads 2 --large
@@ -74,51 +77,49 @@ def runners(shape: tuple[int, int, int, int], c: int, large: bool) -> dict[str, 
     }
 
 
-def time_once(fn: Callable[[], object], repeat: int) -> float:
-    start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - start) / repeat * 1e3
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--large", action="store_true", help="16384×16384×256, C = 64, forward only")
+    parser.add_argument("--seconds", type=float, default=2.0, help="time spent per shape (all implementations)")
+    parser.add_argument("--large", action="store_true", help="N×N×256 with C = 64, forward only")
     parser.add_argument("--n", type=int, default=16384, help="queries and support rows of --large")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.large:
-        shapes, c, rounds = [(1, args.n, args.n, 256)], 64, min(args.rounds, 5)
-    else:
-        shapes, c, rounds = EPISODE_SHAPES, 5, args.rounds
-    table = {shape: runners(shape, c, args.large) for shape in shapes}
-    times: dict[tuple, dict[str, list[float]]] = {shape: {name: [] for name in fns} for shape, fns in table.items()}
-    for fns in table.values():  # warm-up
-        for fn in fns.values():
+    # With one thread every call runs on this thread: its CPU time leaves out the time slices
+    # the shared machine's other jobs take (wall time otherwise).
+    clock = time.thread_time if args.threads == 1 else time.perf_counter
+    shapes, c = ([(1, args.n, args.n, 256)], 64) if args.large else (EPISODE_SHAPES, 5)
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, medians of single calls in ms "
+        f"({'thread CPU time' if args.threads == 1 else 'wall time'})"
+    )
+    names: list[str] = []
+    for shape in shapes:
+        fns = runners(shape, c, args.large)
+        names = list(fns)
+        for fn in fns.values():  # warm-up
             fn()
-    for _ in range(rounds):
-        for shape, fns in table.items():
+        samples: dict[str, list[float]] = {name: [] for name in fns}
+        deadline = time.perf_counter() + args.seconds
+        # Calls interleaved one by one, so that load on the shared machine hits all alike.
+        while time.perf_counter() < deadline or len(samples[names[0]]) < 3:
             for name, fn in fns.items():
-                # ~20 ms of calls per sample at episode sizes, one call at large ones
-                repeat = 1 if args.large else max(1, int(20 / max(time_once(fn, 1), 0.01)))
-                times[shape][name].append(time_once(fn, repeat))
-    names = list(next(iter(times.values())))
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {rounds} rounds, medians in ms")
-    print("| B×N×M×D | " + " | ".join(names) + " | speed-ups vs eager |")
-    print("| --- " * (len(names) + 2) + "|")
-    for shape, by_name in times.items():
-        med = {name: statistics.median(samples) for name, samples in by_name.items()}
+                start = clock()
+                fn()
+                samples[name].append((clock() - start) * 1e3)
+        med = {name: statistics.median(values) for name, values in samples.items()}
+        if shape == shapes[0]:
+            print("| B×N×M×D | calls | " + " | ".join(names) + " | speed-ups |")
+            print("| --- " * (len(names) + 3) + "|")
         ratios = []
         for name in names:
             if name.startswith("fewcore"):
                 direction = name.split()[1]
-                ratios.append(f"{direction} {med['eager ' + direction] / med[name]:.2f}×")
+                ratios.append(f"{direction} {med['eager ' + direction] / med[name]:.2f}× eager")
             elif name.startswith("sdpa"):
-                ratios.append(f"fewcore vs sdpa {med[name] / med['fewcore fwd']:.2f}×")
+                ratios.append(f"{med[name] / med['fewcore fwd']:.2f}× sdpa")
         cells = " | ".join(f"{med[name]:.4g}" for name in names)
-        print(f"| {'×'.join(map(str, shape))} | {cells} | {', '.join(ratios)} |")
+        print(f"| {'×'.join(map(str, shape))} | {len(samples[names[0]])} | {cells} | {', '.join(ratios)} |", flush=True)
 
 
 if __name__ == "__main__":
