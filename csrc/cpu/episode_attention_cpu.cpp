@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include <fewcore/math.h>
@@ -129,10 +130,22 @@ void apply_metric_batch(int64_t metric, const at::Tensor& q, const at::Tensor& s
                        metric == kDot ? nullptr : ns.data_ptr<T>() + b * M, D);
 }
 
+// Calls fn with the metric as a compile-time constant (std::integral_constant), so that the
+// per-element switches of math.h fold away and the epilogue loops vectorize.
+template <class Fn>
+void with_metric(int64_t metric, const Fn& fn) {
+  switch (metric) {
+    case kSqEuclidean: return fn(std::integral_constant<int64_t, kSqEuclidean>{});
+    case kEuclidean: return fn(std::integral_constant<int64_t, kEuclidean>{});
+    case kCosine: return fn(std::integral_constant<int64_t, kCosine>{});
+    default: return fn(std::integral_constant<int64_t, kDot>{});
+  }
+}
+
 // Forward of whole tasks (contiguous chunks q [b, N, D], s, v; out [b, N, C], lse [b, N]).
-template <class T>
-void forward_small(int64_t metric, T inv_temperature, const at::Tensor& q, const at::Tensor& s, const at::Tensor& v,
-                   at::Tensor out, at::Tensor lse) {
+template <class T, int64_t metric>
+void forward_small(T inv_temperature, const at::Tensor& q, const at::Tensor& s, const at::Tensor& v, at::Tensor out,
+                   at::Tensor lse) {
   const int64_t B = q.size(0), N = q.size(1), M = s.size(1);
   const at::Tensor nq = row_norms(q, metric), ns = row_norms(s, metric);
   at::Tensor probs = scores_product(q, s);
@@ -189,10 +202,10 @@ void scale_rows(int64_t metric, T* dst, const T* src, const T* sums, const T* no
 }
 
 // Backward of whole tasks (contiguous chunks; dq, ds, dv are written, not accumulated).
-template <class T>
-void backward_small(int64_t metric, T inv_temperature, const at::Tensor& dout, const at::Tensor& q,
-                    const at::Tensor& s, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-                    at::Tensor dq, at::Tensor ds, at::Tensor dv) {
+template <class T, int64_t metric>
+void backward_small(T inv_temperature, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& s,
+                    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, at::Tensor dq, at::Tensor ds,
+                    at::Tensor dv) {
   const int64_t B = q.size(0), N = q.size(1), M = s.size(1), D = q.size(2), C = v.size(2);
   const at::Tensor nq = row_norms(q, metric), ns = row_norms(s, metric);
   at::Tensor values = scores_product(q, s);
@@ -231,6 +244,7 @@ void backward_small(int64_t metric, T inv_temperature, const at::Tensor& dout, c
       for (int64_t i = b * N; i < (b + 1) * N; ++i) {
         const T n_row = nq_p ? nq_p[i] : T(1);
         T sum = 0;
+#pragma omp simd reduction(+ : sum)
         for (int64_t j = 0; j < M; ++j) {
           const int64_t e = i * M + j;
           const T g = prob[e] * (coeff[e] - delta[i]) * value_sign;
@@ -268,9 +282,12 @@ std::tuple<at::Tensor, at::Tensor> episode_attention_cpu(const at::Tensor& q_in,
   if (N * M <= kSmallTaskEntries) {
     const NoAutocast no_autocast;
     AT_DISPATCH_FLOATING_TYPES(dtype, "episode_attention_cpu", [&] {
-      for_each_chunk(B, N * M, [&](int64_t b0, int64_t b1) {
-        forward_small<scalar_t>(metric, scalar_t(1.0 / temperature), q.slice(0, b0, b1), s.slice(0, b0, b1),
-                                v.slice(0, b0, b1), out.slice(0, b0, b1), lse.slice(0, b0, b1));
+      with_metric(metric, [&](auto constant) {
+        for_each_chunk(B, N * M, [&](int64_t b0, int64_t b1) {
+          forward_small<scalar_t, decltype(constant)::value>(scalar_t(1.0 / temperature), q.slice(0, b0, b1),
+                                                             s.slice(0, b0, b1), v.slice(0, b0, b1),
+                                                             out.slice(0, b0, b1), lse.slice(0, b0, b1));
+        });
       });
     });
     return {out.to(q_in.scalar_type()), lse};
@@ -380,10 +397,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_backward_cpu(
     at::Tensor dq = at::empty_like(q), ds = at::empty_like(s), dv = at::empty_like(v);
     const NoAutocast no_autocast;
     AT_DISPATCH_FLOATING_TYPES(dtype, "episode_attention_backward_cpu", [&] {
-      for_each_chunk(B, N * M, [&](int64_t b0, int64_t b1) {
-        backward_small<scalar_t>(metric, scalar_t(1.0 / temperature), dout.slice(0, b0, b1), q.slice(0, b0, b1),
-                                 s.slice(0, b0, b1), v.slice(0, b0, b1), out.slice(0, b0, b1), lse.slice(0, b0, b1),
-                                 dq.slice(0, b0, b1), ds.slice(0, b0, b1), dv.slice(0, b0, b1));
+      with_metric(metric, [&](auto constant) {
+        for_each_chunk(B, N * M, [&](int64_t b0, int64_t b1) {
+          backward_small<scalar_t, decltype(constant)::value>(
+              scalar_t(1.0 / temperature), dout.slice(0, b0, b1), q.slice(0, b0, b1), s.slice(0, b0, b1),
+              v.slice(0, b0, b1), out.slice(0, b0, b1), lse.slice(0, b0, b1), dq.slice(0, b0, b1),
+              ds.slice(0, b0, b1), dv.slice(0, b0, b1));
+        });
       });
     });
     return {dq.to(q_in.scalar_type()), ds.to(s_in.scalar_type()), dv.to(v_in.scalar_type())};
