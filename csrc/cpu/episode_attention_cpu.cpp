@@ -39,8 +39,8 @@ Task<T> task(const at::Tensor& q, const at::Tensor& s, const at::Tensor& v, cons
 }
 
 // Forward of queries [i0, i1) of one task: out rows and their log-sum-exp.
-template <class T>
-void forward_rows(const Task<T>& t, int64_t metric, T inv_temperature, int64_t i0, int64_t i1, at::Tensor out_rows,
+template <class T, int64_t metric>
+void forward_rows(const Task<T>& t, T inv_temperature, int64_t i0, int64_t i1, at::Tensor out_rows,
                   T* lse) {
   const int64_t rows = i1 - i0, M = t.s.size(0), C = t.v.size(1);
   out_rows.zero_();
@@ -296,13 +296,18 @@ std::tuple<at::Tensor, at::Tensor> episode_attention_cpu(const at::Tensor& q_in,
   const int64_t row_blocks = ceil_div(N, kRowBlock);
   AT_DISPATCH_FLOATING_TYPES(dtype, "episode_attention_cpu", [&] {
     const int64_t work = std::min(N, kRowBlock) * s.size(1) * (q.size(2) + v.size(2));
-    at::parallel_for(0, B * row_blocks, cpu::grain_for(work), [&](int64_t begin, int64_t end) {
-      at::AutoDispatchBelowADInplaceOrView guard;  // worker threads start with grad mode on
-      for (int64_t index = begin; index < end; ++index) {
-        const int64_t b = index / row_blocks, i0 = index % row_blocks * kRowBlock, i1 = std::min(N, i0 + kRowBlock);
-        forward_rows<scalar_t>(task<scalar_t>(q, s, v, nq, ns, metric, b), metric, scalar_t(1.0 / temperature), i0, i1,
-                               out[b].slice(0, i0, i1), lse.data_ptr<scalar_t>() + b * N + i0);
-      }
+    with_metric(metric, [&](auto constant) {
+      at::parallel_for(0, B * row_blocks, cpu::grain_for(work), [&](int64_t begin, int64_t end) {
+        at::AutoDispatchBelowADInplaceOrView guard;  // worker threads start with grad mode on
+        for (int64_t index = begin; index < end; ++index) {
+          const int64_t b = index / row_blocks, i0 = index % row_blocks * kRowBlock;
+          const int64_t i1 = std::min(N, i0 + kRowBlock);
+          forward_rows<scalar_t, decltype(constant)::value>(task<scalar_t>(q, s, v, nq, ns, metric, b),
+                                                            scalar_t(1.0 / temperature), i0, i1,
+                                                            out[b].slice(0, i0, i1),
+                                                            lse.data_ptr<scalar_t>() + b * N + i0);
+        }
+      });
     });
   });
   return {out.to(q_in.scalar_type()), lse};
