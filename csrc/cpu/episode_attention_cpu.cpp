@@ -1,11 +1,14 @@
 // episode_attention on the CPU, flash-attention style: per tile of queries × support rows a BLAS
 // product, the metric epilogue and an online softmax (math.h); the [N, M] scores are never stored.
-// The backward recomputes each tile's probabilities from the saved log-sum-exp.
+// The backward recomputes each tile's probabilities from the saved log-sum-exp. Tasks whose
+// scores fit in cache (episode sizes) take a whole-task path instead: see forward_small.
 #include <ATen/Parallel.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include <fewcore/math.h>
@@ -37,8 +40,8 @@ Task<T> task(const at::Tensor& q, const at::Tensor& s, const at::Tensor& v, cons
 }
 
 // Forward of queries [i0, i1) of one task: out rows and their log-sum-exp.
-template <class T>
-void forward_rows(const Task<T>& t, int64_t metric, T inv_temperature, int64_t i0, int64_t i1, at::Tensor out_rows,
+template <class T, int64_t metric>
+void forward_rows(const Task<T>& t, T inv_temperature, int64_t i0, int64_t i1, at::Tensor out_rows,
                   T* lse) {
   const int64_t rows = i1 - i0, M = t.s.size(0), C = t.v.size(1);
   out_rows.zero_();
@@ -82,6 +85,190 @@ void forward_rows(const Task<T>& t, int64_t metric, T inv_temperature, int64_t i
   }
 }
 
+// Small tasks: when a task's [N, M] scores fit in cache, a chunk of tasks is computed as a whole
+// — batched BLAS products over all its tasks, and epilogue passes of raw loops over each task's
+// scores — instead of tile by tile, whose per-tile tensor slicing and calls cost more than the
+// arithmetic of an episode-sized task.
+constexpr int64_t kSmallTaskEntries = int64_t{1} << 16;
+// Score entries per chunk of tasks: bounds the chunk's [tasks, N, M] buffers (4 MiB in float32).
+constexpr int64_t kChunkEntries = int64_t{1} << 20;
+
+// The batched products run in the compute dtype even when the op is called under autocast (which
+// would otherwise lower at::bmm to float16/bfloat16).
+struct NoAutocast {
+  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+};
+
+// The rows' metric norms ([B, R]; math.h): ‖x‖² for distances, max(‖x‖, eps) for cosine, empty
+// for dot. One vectorized reduction without a temporary: squaring first (x.square().sum(-1))
+// writes a copy of x, which cost more than the attention's own products at episode sizes.
+at::Tensor row_norms(const at::Tensor& x, int64_t metric) {
+  if (metric == kDot) return at::empty({0}, x.options());
+  at::Tensor norms = at::linalg_vector_norm(x, 2, -1);
+  return metric == kCosine ? norms.clamp_min_(kCosineEps) : norms.square_();
+}
+
+// q sᵀ for a chunk of tasks. BLAS is faster on a contiguous sᵀ than on the transposed view, and
+// the copy is small (support rows only).
+at::Tensor scores_product(const at::Tensor& q, const at::Tensor& s) {
+  return at::bmm(q, s.transpose(1, 2).contiguous());
+}
+
+// Calls fn(b0, b1) for consecutive chunks of the B tasks, each of at most kChunkEntries scores.
+template <class Fn>
+void for_each_chunk(int64_t B, int64_t task_entries, const Fn& fn) {
+  const int64_t per_chunk = std::max<int64_t>(1, kChunkEntries / std::max<int64_t>(task_entries, 1));
+  for (int64_t b0 = 0; b0 < B; b0 += per_chunk) fn(b0, std::min(B, b0 + per_chunk));
+}
+
+// The metric's values of a chunk's tasks: values [tasks, N, M] holds q sᵀ on entry.
+template <class T>
+void apply_metric_batch(int64_t metric, const at::Tensor& q, const at::Tensor& s, const at::Tensor& nq,
+                        const at::Tensor& ns, at::Tensor& values, int64_t b) {
+  const int64_t N = q.size(1), M = s.size(1), D = q.size(2);
+  cpu::apply_metric<T>(metric, values.data_ptr<T>() + b * N * M, M, N, M, q.data_ptr<T>() + b * N * D,
+                       s.data_ptr<T>() + b * M * D, metric == kDot ? nullptr : nq.data_ptr<T>() + b * N,
+                       metric == kDot ? nullptr : ns.data_ptr<T>() + b * M, D);
+}
+
+// Calls fn with the metric as a compile-time constant (std::integral_constant), so that the
+// per-element switches of math.h fold away and the epilogue loops vectorize.
+template <class Fn>
+void with_metric(int64_t metric, const Fn& fn) {
+  switch (metric) {
+    case kSqEuclidean: return fn(std::integral_constant<int64_t, kSqEuclidean>{});
+    case kEuclidean: return fn(std::integral_constant<int64_t, kEuclidean>{});
+    case kCosine: return fn(std::integral_constant<int64_t, kCosine>{});
+    default: return fn(std::integral_constant<int64_t, kDot>{});
+  }
+}
+
+// Forward of whole tasks (contiguous chunks q [b, N, D], s, v; out [b, N, C], lse [b, N]).
+template <class T, int64_t metric>
+void forward_small(T inv_temperature, const at::Tensor& q, const at::Tensor& s, const at::Tensor& v, at::Tensor out,
+                   at::Tensor lse) {
+  const int64_t B = q.size(0), N = q.size(1), M = s.size(1);
+  const at::Tensor nq = row_norms(q, metric), ns = row_norms(s, metric);
+  at::Tensor probs = scores_product(q, s);
+  T* p = probs.data_ptr<T>();
+  T* row_max = lse.data_ptr<T>();
+  const int64_t grain = cpu::grain_for(N * M * 8);
+  // Pass 1: scores, shifted by their row's maximum (kept in lse for now).
+  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      apply_metric_batch<T>(metric, q, s, nq, ns, probs, b);
+      for (int64_t i = b * N; i < (b + 1) * N; ++i) {
+        T* row = p + i * M;
+        T max = -INFINITY;
+#pragma omp simd reduction(max : max)
+        for (int64_t j = 0; j < M; ++j) {
+          row[j] = attention_score(metric, row[j], inv_temperature);
+          max = std::max(max, row[j]);
+        }
+        for (int64_t j = 0; j < M; ++j) row[j] -= max;
+        row_max[i] = max;
+      }
+    }
+  });
+  probs.exp_();  // ATen's vectorized exp
+  // Pass 2: normalize the rows into probabilities; lse = max + log Σ.
+  at::parallel_for(0, B * N, grain / N + 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      T* row = p + i * M;
+      T sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < M; ++j) sum += row[j];
+      const T inv = T(1) / sum;
+#pragma omp simd
+      for (int64_t j = 0; j < M; ++j) row[j] *= inv;
+      row_max[i] += std::log(sum);
+    }
+  });
+  at::bmm_out(out, probs, v);
+}
+
+// dst[r] = ra_r · sums[r] · src[r] for `rows` rows of length d (math.h: the a_i x_i term of a
+// gradient); zero for dot. `norms` (cosine norms) is read only for cosine.
+template <class T>
+void scale_rows(int64_t metric, T* dst, const T* src, const T* sums, const T* norms, int64_t rows, int64_t d) {
+  if (metric == kDot) {  // no a_i term; zeros, not 0 · q, which would turn an Inf in q into NaN
+    std::fill(dst, dst + rows * d, T(0));
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const T factor = (metric == kCosine ? row_factor(metric, norms[r]) : T(1)) * sums[r];
+#pragma omp simd
+    for (int64_t k = 0; k < d; ++k) dst[r * d + k] = factor * src[r * d + k];
+  }
+}
+
+// Backward of whole tasks (contiguous chunks; dq, ds, dv are written, not accumulated).
+template <class T, int64_t metric>
+void backward_small(T inv_temperature, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& s,
+                    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, at::Tensor dq, at::Tensor ds,
+                    at::Tensor dv) {
+  const int64_t B = q.size(0), N = q.size(1), M = s.size(1), D = q.size(2), C = v.size(2);
+  const at::Tensor nq = row_norms(q, metric), ns = row_norms(s, metric);
+  at::Tensor values = scores_product(q, s);
+  at::Tensor coeffs = at::bmm(dout, v.transpose(1, 2));  // dP = dO vᵀ
+  at::Tensor probs = at::empty_like(values);
+  std::vector<T> row_sum(B * N, T(0)), col_sum(B * M, T(0)), delta(B * N);
+  T* val = values.data_ptr<T>();
+  T* prob = probs.data_ptr<T>();
+  T* coeff = coeffs.data_ptr<T>();
+  const int64_t grain = cpu::grain_for(N * M * 8);
+  // Pass 1: the metric's values and the probabilities' exponents; Σ_c dO·O per query.
+  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+    const T* lse_p = lse.data_ptr<T>();
+    const T* dout_p = dout.data_ptr<T>();
+    const T* out_p = out.data_ptr<T>();
+    for (int64_t b = begin; b < end; ++b) {
+      apply_metric_batch<T>(metric, q, s, nq, ns, values, b);
+      for (int64_t i = b * N; i < (b + 1) * N; ++i) {
+#pragma omp simd
+        for (int64_t j = 0; j < M; ++j)
+          prob[i * M + j] = attention_score(metric, val[i * M + j], inv_temperature) - lse_p[i];
+        delta[i] = cpu::dot(dout_p + i * C, out_p + i * C, C);
+      }
+    }
+  });
+  probs.exp_();
+  // Gradient on the metric's value from a gradient on the score: scores are ±value / T.
+  const T value_sign = is_distance(metric) ? -inv_temperature : inv_temperature;
+  // Pass 2: softmax backward dS = P (dP − δ), onto the metric's coefficients G (in place of dP)
+  // and the row and column sums of the weights W (math.h).
+  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+    const T* nq_p = metric == kCosine ? nq.data_ptr<T>() : nullptr;
+    const T* ns_p = metric == kCosine ? ns.data_ptr<T>() : nullptr;
+    for (int64_t b = begin; b < end; ++b) {
+      T* col = col_sum.data() + b * M;
+      for (int64_t i = b * N; i < (b + 1) * N; ++i) {
+        const T n_row = nq_p ? nq_p[i] : T(1);
+        T sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < M; ++j) {
+          const int64_t e = i * M + j;
+          const T g = prob[e] * (coeff[e] - delta[i]) * value_sign;
+          const T n_col = ns_p ? ns_p[b * M + j] : T(1);
+          coeff[e] = matrix_coefficient(metric, g, val[e], n_row, n_col);
+          const T w = reduction_weight(metric, g, val[e], n_row, n_col);
+          sum += w;
+          col[j] += w;
+        }
+        row_sum[i] = sum;
+      }
+      // The a_i q_i and b_j s_j terms of the gradients; the products are added below.
+      scale_rows<T>(metric, dq.data_ptr<T>() + b * N * D, q.data_ptr<T>() + b * N * D, row_sum.data() + b * N,
+                    nq_p ? nq_p + b * N : nullptr, N, D);
+      scale_rows<T>(metric, ds.data_ptr<T>() + b * M * D, s.data_ptr<T>() + b * M * D, col, ns_p ? ns_p + b * M : nullptr,
+                    M, D);
+    }
+  });
+  dq.baddbmm_(coeffs, s);
+  ds.baddbmm_(coeffs.transpose(1, 2).contiguous(), q);
+  at::bmm_out(dv, probs.transpose(1, 2), dout);
+}
+
 std::tuple<at::Tensor, at::Tensor> episode_attention_cpu(const at::Tensor& q_in, const at::Tensor& s_in,
                                                          const at::Tensor& v_in, int64_t metric, double temperature) {
   check_attention_args(q_in, s_in, v_in, metric, temperature);
@@ -92,17 +279,36 @@ std::tuple<at::Tensor, at::Tensor> episode_attention_cpu(const at::Tensor& q_in,
   const int64_t B = q.size(0), N = q.size(1);
   at::Tensor out = at::empty({B, N, v.size(2)}, q.options());
   at::Tensor lse = at::empty({B, N}, q.options());
-  const at::Tensor nq = metric_norms(q, metric), ns = metric_norms(s, metric);
+  const int64_t M = s.size(1);
+  if (N * M <= kSmallTaskEntries) {
+    const NoAutocast no_autocast;
+    AT_DISPATCH_FLOATING_TYPES(dtype, "episode_attention_cpu", [&] {
+      with_metric(metric, [&](auto constant) {
+        for_each_chunk(B, N * M, [&](int64_t b0, int64_t b1) {
+          forward_small<scalar_t, decltype(constant)::value>(scalar_t(1.0 / temperature), q.slice(0, b0, b1),
+                                                             s.slice(0, b0, b1), v.slice(0, b0, b1),
+                                                             out.slice(0, b0, b1), lse.slice(0, b0, b1));
+        });
+      });
+    });
+    return {out.to(q_in.scalar_type()), lse};
+  }
+  const at::Tensor nq = row_norms(q, metric), ns = row_norms(s, metric);
   const int64_t row_blocks = ceil_div(N, kRowBlock);
   AT_DISPATCH_FLOATING_TYPES(dtype, "episode_attention_cpu", [&] {
     const int64_t work = std::min(N, kRowBlock) * s.size(1) * (q.size(2) + v.size(2));
-    at::parallel_for(0, B * row_blocks, cpu::grain_for(work), [&](int64_t begin, int64_t end) {
-      at::AutoDispatchBelowADInplaceOrView guard;  // worker threads start with grad mode on
-      for (int64_t index = begin; index < end; ++index) {
-        const int64_t b = index / row_blocks, i0 = index % row_blocks * kRowBlock, i1 = std::min(N, i0 + kRowBlock);
-        forward_rows<scalar_t>(task<scalar_t>(q, s, v, nq, ns, metric, b), metric, scalar_t(1.0 / temperature), i0, i1,
-                               out[b].slice(0, i0, i1), lse.data_ptr<scalar_t>() + b * N + i0);
-      }
+    with_metric(metric, [&](auto constant) {
+      at::parallel_for(0, B * row_blocks, cpu::grain_for(work), [&](int64_t begin, int64_t end) {
+        at::AutoDispatchBelowADInplaceOrView guard;  // worker threads start with grad mode on
+        for (int64_t index = begin; index < end; ++index) {
+          const int64_t b = index / row_blocks, i0 = index % row_blocks * kRowBlock;
+          const int64_t i1 = std::min(N, i0 + kRowBlock);
+          forward_rows<scalar_t, decltype(constant)::value>(task<scalar_t>(q, s, v, nq, ns, metric, b),
+                                                            scalar_t(1.0 / temperature), i0, i1,
+                                                            out[b].slice(0, i0, i1),
+                                                            lse.data_ptr<scalar_t>() + b * N + i0);
+        }
+      });
     });
   });
   return {out.to(q_in.scalar_type()), lse};
@@ -192,10 +398,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_backward_cpu(
               at::IntArrayRef{B, N, v.size(2)}, "; got ", dout.sizes(), " and ", out_in.sizes());
   TORCH_CHECK(lse.dim() == 2 && lse.size(0) == B && lse.size(1) == N,
               "_episode_attention_backward: lse must be [B, N]; got ", lse.sizes());
+  if (N * M <= kSmallTaskEntries) {
+    const at::Tensor out = out_in.detach().to(dtype).contiguous();
+    at::Tensor dq = at::empty_like(q), ds = at::empty_like(s), dv = at::empty_like(v);
+    const NoAutocast no_autocast;
+    AT_DISPATCH_FLOATING_TYPES(dtype, "episode_attention_backward_cpu", [&] {
+      with_metric(metric, [&](auto constant) {
+        for_each_chunk(B, N * M, [&](int64_t b0, int64_t b1) {
+          backward_small<scalar_t, decltype(constant)::value>(
+              scalar_t(1.0 / temperature), dout.slice(0, b0, b1), q.slice(0, b0, b1), s.slice(0, b0, b1),
+              v.slice(0, b0, b1), out.slice(0, b0, b1), lse.slice(0, b0, b1), dq.slice(0, b0, b1),
+              ds.slice(0, b0, b1), dv.slice(0, b0, b1));
+        });
+      });
+    });
+    return {dq.to(q_in.scalar_type()), ds.to(s_in.scalar_type()), dv.to(v_in.scalar_type())};
+  }
   // Σ_c dO·O per query: the softmax backward's row term.
   const at::Tensor delta = (dout * out_in.detach().to(dtype)).sum(-1).contiguous();
   at::Tensor dq = at::zeros_like(q), ds = at::zeros_like(s), dv = at::zeros_like(v);
-  const at::Tensor nq = metric_norms(q, metric), ns = metric_norms(s, metric);
+  const at::Tensor nq = row_norms(q, metric), ns = row_norms(s, metric);
   // Whole tasks per thread when there are enough tasks (or a task is one tile); otherwise two
   // passes over each task, split by queries (for dq) and by support rows (for ds, dv).
   const bool whole_tasks = B >= at::get_num_threads() || (N <= kRowBlock && M <= kColBlock);

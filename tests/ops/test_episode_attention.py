@@ -62,6 +62,33 @@ def test_many_tiles(metric: str, batch: int, threads: int) -> None:
 
 
 @pytest.mark.parametrize("metric", ops.METRICS)
+@pytest.mark.parametrize(
+    ("batch", "queries", "support"),
+    [
+        (2, 64, 1024),  # N·M = 2^16: the largest tasks computed whole (batched products)
+        (17, 64, 1024),  # ... in two chunks of tasks (at most 2^20 scores each)
+        (2, 65, 1024),  # just above: streamed tile by tile
+        (40, 75, 25),  # an episode meta-batch
+    ],
+)
+def test_whole_task_and_streaming_paths(metric: str, batch: int, queries: int, support: int) -> None:
+    """Both CPU schedules, on either side of the size that selects them, forward and backward."""
+    gen = torch.Generator().manual_seed(4)
+    q64 = torch.randn(batch, queries, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    s64 = torch.randn(batch, support, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    v64 = torch.randn(batch, support, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    q, s, v = (t.detach().float().requires_grad_() for t in (q64, s64, v64))
+    grad = torch.randn(batch, queries, 2, generator=gen, dtype=torch.float64)
+    out = ops.episode_attention(q, s, v, metric, 2.0)
+    out.backward(grad.float())
+    expected = reference.episode_attention(q64, s64, v64, metric, 2.0)
+    expected.backward(grad)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-5)
+    for mine, theirs in ((q, q64), (s, s64), (v, v64)):
+        torch.testing.assert_close(mine.grad.double(), theirs.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("metric", ops.METRICS)
 def test_gradcheck(metric: str) -> None:
     gen = torch.Generator().manual_seed(2)
     # Small: gradgradcheck differentiates through the reference once per input element.
