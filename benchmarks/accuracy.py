@@ -3,8 +3,14 @@
 Protocol (issue 4): meta-train on Omniglot ``images_background_small1`` (rotation augmentation
 on), validate on held-out small1 characters, and test ``best.pt`` on the alphabets of
 ``images_background_small2`` that small1 lacks (Japanese_(katakana), Sanskrit, Tagalog) over
-1,000 episodes each of 5-way 1-shot, 5-way 5-shot and 20-way 1-shot (the ``[eval]`` of the
-config). The training recipe of each learner is its config, ``configs/<learner>_omniglot.toml``.
+1,000 episodes of each way/shot setting in the ``[eval]`` of the learner's recipe,
+``configs/<learner>_omniglot.toml`` (5-way 1-shot, 5-way 5-shot and 20-way 1-shot where the
+learner can classify 20 ways; learners with a fixed number of outputs, such as MAML and MANN,
+list the settings they support).
+
+A MANN is also scored as in Santoro et al. (2016): test episodes of its training shape (N ways,
+K + Q items per class) are presented as sequences, and the accuracy at the 1st, 2nd, 5th and
+10th presentation of a class is reported over the same number of episodes.
 
     python benchmarks/accuracy.py protonet            # about an hour on 2 CPU cores
     python benchmarks/accuracy.py matching
@@ -30,7 +36,8 @@ import torch
 import fewcore
 from fewcore.config import load_config
 from fewcore.engine import evaluate, load_model, train
-from fewcore.engine._build import build_dataset, resolve_device
+from fewcore.engine._build import build_dataset, build_sampler, resolve_device
+from fewcore_plugins.learners.mann import MANN, evaluate_by_instance
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OMNIGLOT = Path(os.environ.get("FEWCORE_OMNIGLOT", REPO.parent / "shared" / "data" / "omniglot"))
@@ -73,12 +80,20 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(config.train.device)
     model = load_model(trained.best_checkpoint, device)
     dataset = build_dataset(config)
+    episodes = args.episodes or config.eval.episodes
     started = time.perf_counter()
     results = evaluate(
-        model.learner, dataset, config.eval.settings, episodes=args.episodes or config.eval.episodes, q_query=config.eval.q_query,
+        model.learner, dataset, config.eval.settings, episodes=episodes, q_query=config.eval.q_query,
         batch_size=config.eval.batch_size, split="test", seed=config.eval.seed, sampler=config.sampler,
         device=device, progress=True,
     )
+    by_instance = []
+    if isinstance(model.learner, MANN):
+        sequences = build_sampler(
+            config.sampler, dataset, "test", config.train.n_way, config.train.k_shot, config.train.q_query,
+            config.eval.batch_size, config.eval.seed,
+        )
+        by_instance = evaluate_by_instance(model.learner, (e.to(device) for e in sequences), episodes, seed=config.eval.seed)
     eval_seconds = time.perf_counter() - started
 
     report = {
@@ -100,10 +115,15 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": _cpu_name(),
         "device": str(device),
     }
+    if by_instance:
+        report["by_instance"] = {
+            "setting": f"{config.train.n_way}-way, {config.train.k_shot + config.train.q_query} presentations per class",
+            **{str(r.position): {"accuracy": r.accuracy, "ci95": r.ci95, "episodes": r.episodes} for r in by_instance},
+        }
     (run_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    for result in results:
+    for result in [*results, *by_instance]:
         print(result)
-    cells = " | ".join(f"{100 * r.accuracy:.1f} ± {100 * r.ci95:.1f}" for r in results)
+    cells = " | ".join(f"{100 * r.accuracy:.1f} ± {100 * r.ci95:.1f}" for r in [*results, *by_instance])
     print(
         f"| {args.learner} | {cells} | {trained.steps} | {trained.train_seconds / 60:.0f} min | "
         f"{trained.episodes_per_s:.1f} |"

@@ -9,6 +9,7 @@ import pytest
 import fewcore
 from fewcore.config import Config, ConfigError, load_config, parse_override, parse_setting
 from fewcore.engine import build_learner
+from fewcore.testing import random_episode
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO / "configs").glob("*.toml"))
@@ -143,3 +144,19 @@ def test_every_shipped_config_loads_and_builds_its_learner(path: Path) -> None:
     # The backbone and learner options are accepted by their factories (datasets are built by
     # the end-to-end tests: some need data on disk).
     assert isinstance(build_learner(config), fewcore.Learner)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_config_learner_classifies_each_setting_the_config_asks_for(path: Path) -> None:
+    # Learners with a fixed number of outputs (MAML, Meta-SGD, MANN) reject wider episodes; a
+    # config must ask its learner only for settings it can classify, or training / evaluation
+    # (benchmarks/accuracy.py evaluates eval.settings) fails after the training time is spent.
+    config = load_config(path)
+    learner = build_learner(config).eval()
+    settings = {f"{config.train.n_way}-way {config.train.k_shot}-shot", config.val.setting, *config.eval.settings}
+    for text in sorted(settings):
+        n_way, k_shot = parse_setting(text)
+        episode = random_episode((1, 28, 28), n_way=n_way, k_shot=k_shot, q_query=1, batch_size=1)
+        scores = learner.predict(episode.support_x, episode.support_y, episode.query_x)
+        assert scores.shape == (1, n_way, n_way), f"{path.name}: {text}"
