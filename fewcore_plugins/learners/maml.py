@@ -149,6 +149,11 @@ class MAML(Learner):
         inner_lr: the inner step size α (the initial one for Meta-SGD).
         eval_inner_steps: inner steps in evaluation mode; ``None`` uses ``inner_steps``.
         first_order: FOMAML: drop the second-order terms of the meta-gradient.
+        first_order_warmup: meta-training steps (training-mode forward passes with autograd
+            recording) that use the first-order approximation before second order takes over, a
+            cheap start from a random initialization; ignored with ``first_order``. The count
+            is the buffer ``meta_training_steps``, saved with the learner so that resuming
+            continues the schedule.
         task_batching: ``"vmap"`` vectorizes the meta-batch over tasks, ``"loop"`` adapts one
             task at a time, ``"auto"`` uses vmap and falls back to the loop (with a warning)
             when the backbone cannot be vmapped. Both give the same result.
@@ -164,13 +169,15 @@ class MAML(Learner):
         inner_lr: float = 0.4,
         eval_inner_steps: int | None = None,
         first_order: bool = False,
+        first_order_warmup: int = 0,
         task_batching: TaskBatching = "auto",
         input_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if n_way < 1:
             raise ValueError(f"n_way must be at least 1; got {n_way}")
-        for name, steps in (("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps)):
+        counts = (("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps), ("first_order_warmup", first_order_warmup))
+        for name, steps in counts:
             if steps is not None and (not isinstance(steps, int) or steps < 0):
                 raise ValueError(f"{name} must be a non-negative integer; got {steps!r}")
         if task_batching not in ("auto", "vmap", "loop"):
@@ -184,6 +191,8 @@ class MAML(Learner):
         self.inner_lr = float(inner_lr)
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
         self.first_order = first_order
+        self.first_order_warmup = first_order_warmup
+        self.register_buffer("meta_training_steps", torch.zeros((), dtype=torch.long))
         self.task_batching: TaskBatching = task_batching
         # Batch-norm running statistics are replaced by None in every functional call, which
         # makes batch norm use batch statistics and never touch its buffers.
@@ -255,7 +264,8 @@ class MAML(Learner):
             )
         steps = self.inner_steps if self.training else self.eval_inner_steps
         # Without a recorded outer graph (evaluation) second-order terms are never needed.
-        first_order = self.first_order or not torch.is_grad_enabled()
+        warming_up = self.training and int(self.meta_training_steps) < self.first_order_warmup
+        first_order = self.first_order or warming_up or not torch.is_grad_enabled()
         params = dict(self.model.named_parameters())
         lrs = self.inner_lrs()
 
@@ -298,6 +308,8 @@ class MAML(Learner):
         n_way = check_episode(episode)
         logits = self.adapted_logits(episode.support_x, episode.support_y, episode.query_x, n_way)
         loss = F.cross_entropy(logits.flatten(0, 1), episode.query_y.flatten())
+        if self.training and torch.is_grad_enabled():
+            self.meta_training_steps += 1
         return LearnerOutput(logits=logits, loss=loss)
 
 
