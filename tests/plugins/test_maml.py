@@ -225,11 +225,16 @@ def test_vmapped_and_looped_meta_gradients_agree_on_conv4(learner_cls: type[MAML
     learner.task_batching = "vmap"
     vmapped = meta_gradients(learner, episode)
     vmapped_logits = learner(episode).logits
+    learner.tasks_per_vmap = 2  # chunks of 2 and 1 tasks
+    chunked = meta_gradients(learner, episode)
+    chunked_logits = learner(episode).logits
     learner.task_batching = "loop"
     looped = meta_gradients(learner, episode)
     torch.testing.assert_close(learner(episode).logits, vmapped_logits, rtol=1e-10, atol=1e-12)
-    for v, lp in zip(vmapped, looped):
+    torch.testing.assert_close(chunked_logits, vmapped_logits, rtol=1e-10, atol=1e-12)
+    for v, c, lp in zip(vmapped, chunked, looped):
         torch.testing.assert_close(v, lp, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(c, lp, rtol=1e-9, atol=1e-12)
 
 
 def test_running_statistics_untouched() -> None:
@@ -332,6 +337,7 @@ def test_episode_with_fewer_classes_uses_the_first_outputs_and_more_is_an_error(
         ({"first_order_warmup": -2}, "first_order_warmup"),
         ({"eval_inner_steps": 1.5}, "eval_inner_steps"),
         ({"task_batching": "threads"}, "task_batching"),
+        ({"tasks_per_vmap": 0}, "tasks_per_vmap"),
         ({"n_way": 0}, "n_way"),
     ],
 )
