@@ -122,7 +122,7 @@ def test_maml_meta_training_throughput_vmap_vs_loop(steps: int, order: str, reco
                 f"{faults:.0f} minor page faults per step, {torch.get_num_threads()} thread(s))"
             )
     with capsys.disabled():
-        for path in PATHS:
+        for path in [path for path in PATHS if path != "loop"]:
             print(f"MAML {steps} inner step(s), {order} order: {path} / loop = {report[path] / report['loop']:.2f}")
 
 
