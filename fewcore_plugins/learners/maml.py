@@ -51,7 +51,8 @@ about 3 GB back in (≈ 820,000 minor faults per step, against ≈ 4,000 for the
 vmap also moves activations between the grouped convolution's ``[n, task·C, H, W]`` layout and
 the ``[task·n, C, H, W]`` layout of batch norm and max-pooling (copies at every block). Vmapping
 a few tasks at a time (``tasks_per_vmap``, e.g. 4) keeps the tensors cache-sized and the
-overhead low, and is the fastest CPU path; on a GPU, the whole meta-batch.
+overhead low: 1.03–1.44× the loop in our measurements (benchmarks/README.md), short of 2×. On a
+GPU, batch the whole meta-batch.
 """
 
 from __future__ import annotations
