@@ -3,25 +3,35 @@
 One meta-training step (adapt every task, query loss, meta-backward; no optimizer update) on
 an Omniglot-shaped batch: 5-way 1-shot, 5 queries per class, 28×28 single-channel images,
 Conv4 (64 channels), meta-batch of 32 tasks; 1 and 5 inner steps, second and first order.
-Throughput is tasks/s = 32 / (median seconds per step). Before timing, each case checks that
-the vmapped and looped meta-gradients agree, so the two paths compare the same computation.
+Three paths: the whole meta-batch in one ``vmap``, ``vmap`` over chunks of 4 tasks
+(``tasks_per_vmap=4``) and the per-task loop. Each case builds them in one process from the
+same initialization, checks that their meta-gradients agree (so they compare the same
+computation; this is also the warm-up), then times them in alternation, round after round, so
+that the drifting load of a shared machine hits all alike. Time is the process's CPU time (user + system) of one step: with one intra-op
+thread it is the step's cost, without the time spent waiting for a core; wall time is reported
+too. Throughput is tasks/s = 32 / (median CPU seconds per step). Minor page faults per step are
+reported because they explain much of the vmapped path's cost on CPU (see the "Performance
+note" in fewcore_plugins/learners/maml.py).
 
 Peak memory of second vs first order: each order runs one meta-training step in a fresh
 process and reports the growth of the peak resident set size (``ru_maxrss``) over the
 process's size just before the step (CPU tensors do not go through Python's allocator, so
 ``tracemalloc`` cannot see them); on CUDA ``torch.cuda.max_memory_allocated`` would be exact.
 
-    pytest benchmarks/test_bench_maml.py --benchmark-enable --benchmark-columns=median,rounds \
-        --benchmark-group-by=param:steps,param:order
+    FEWCORE_BENCH_THREADS=1 pytest benchmarks/test_bench_maml.py -s
 
-Expect minutes on 2 cores (the 5-step second-order case is the slow one).
+Expect many minutes on 2 cores (the 5-step second-order case is the slow one).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import resource
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +41,12 @@ import fewcore
 from fewcore import Episode
 from fewcore_plugins.learners.maml import MAML
 
+# FEWCORE_BENCH_THREADS pins the intra-op threads (as in test_bench_ops.py).
+if os.environ.get("FEWCORE_BENCH_THREADS"):
+    torch.set_num_threads(int(os.environ["FEWCORE_BENCH_THREADS"]))
+
 META_BATCH, N_WAY, K_SHOT, Q_QUERY, SIDE = 32, 5, 1, 5, 28
+ROUNDS = 3
 
 
 def omniglot_like_batch(seed: int = 0) -> Episode:
@@ -48,10 +63,17 @@ def omniglot_like_batch(seed: int = 0) -> Episode:
     )
 
 
-def build(steps: int, order: str, task_batching: str) -> MAML:
+def build(steps: int, order: str, task_batching: str, tasks_per_vmap: int | None = None) -> MAML:
     torch.manual_seed(0)
     backbone = fewcore.create("backbone", "conv4", in_channels=1)
-    return MAML(backbone, n_way=N_WAY, inner_steps=steps, first_order=order == "first", task_batching=task_batching)
+    return MAML(
+        backbone, n_way=N_WAY, inner_steps=steps, first_order=order == "first", task_batching=task_batching,
+        tasks_per_vmap=tasks_per_vmap,
+    )
+
+
+#: the compared paths: the whole meta-batch in one vmap, vmap over chunks of 4 tasks, the loop
+PATHS = {"vmap": ("vmap", None), "vmap, 4 tasks per chunk": ("vmap", 4), "loop": ("loop", None)}
 
 
 def meta_step(learner: MAML, episode: Episode) -> None:
@@ -59,26 +81,49 @@ def meta_step(learner: MAML, episode: Episode) -> None:
     learner(episode).loss.backward()
 
 
-@pytest.mark.parametrize("task_batching", ["vmap", "loop"])
+def _step_cost(learner: MAML, episode: Episode) -> tuple[float, float, int]:
+    """CPU seconds, wall seconds and minor page faults of one meta-training step."""
+    usage, cpu, wall = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), time.perf_counter()
+    meta_step(learner, episode)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - usage.ru_minflt
+    return time.process_time() - cpu, time.perf_counter() - wall, faults
+
+
 @pytest.mark.parametrize("order", ["second", "first"])
 @pytest.mark.parametrize("steps", [1, 5])
-def test_maml_meta_training_throughput(benchmark, steps: int, order: str, task_batching: str) -> None:
+def test_maml_meta_training_throughput_vmap_vs_loop(steps: int, order: str, record_property, capsys) -> None:
     episode = omniglot_like_batch()
-    learner = build(steps, order, task_batching)
-    other = build(steps, order, "loop" if task_batching == "vmap" else "vmap")
-    meta_step(learner, episode)
-    meta_step(other, episode)
+    learners = {path: build(steps, order, *how) for path, how in PATHS.items()}
+    gradients = {}
+    for path, learner in learners.items():
+        meta_step(learner, episode)
+        gradients[path] = torch.cat([p.grad.flatten() for p in learner.parameters()])
     # float32: the batched and per-task convolutions sum in different orders (measured: 2e-4 of the
-    # norm after 5 inner steps), so compare the whole
-    # meta-gradient by norm (conv biases before batch norm have a true gradient of 0 and only
-    # noise); tests/plugins/test_maml.py checks agreement to 1e-9 in float64
-    mine = torch.cat([p.grad.flatten() for p in learner.parameters()])
-    theirs = torch.cat([p.grad.flatten() for p in other.parameters()])
-    assert (mine - theirs).norm() <= 1e-3 * theirs.norm()
-    del other
-    benchmark.extra_info.update(threads=torch.get_num_threads(), torch=torch.__version__, meta_batch=META_BATCH)
-    benchmark.pedantic(meta_step, args=(learner, episode), rounds=3, iterations=1, warmup_rounds=1)
-    benchmark.extra_info["tasks_per_s"] = META_BATCH / benchmark.stats.stats.median
+    # norm after 5 inner steps), so compare the whole meta-gradient by norm (conv biases before
+    # batch norm have a true gradient of 0 and only noise); tests/plugins/test_maml.py checks
+    # agreement to 1e-9 in float64
+    for path in PATHS:
+        assert (gradients[path] - gradients["loop"]).norm() <= 1e-3 * gradients["loop"].norm(), path
+
+    costs: dict[str, list[tuple[float, float, int]]] = {path: [] for path in learners}
+    for _ in range(ROUNDS):
+        for path, learner in learners.items():
+            costs[path].append(_step_cost(learner, episode))
+    report = {}
+    for path, rounds in costs.items():
+        cpu, wall, faults = (statistics.median(column) for column in zip(*rounds))
+        report[path] = META_BATCH / cpu
+        record_property(f"{path} tasks/s", round(META_BATCH / cpu, 2))
+        record_property(f"{path} CPU s per step", [round(r[0], 2) for r in rounds])
+        with capsys.disabled():
+            print(
+                f"\nMAML {steps} inner step(s), {order} order, {path}: {META_BATCH / cpu:.2f} tasks/s "
+                f"(CPU s per step {[round(r[0], 2) for r in rounds]}, wall median {wall:.2f} s, "
+                f"{faults:.0f} minor page faults per step, {torch.get_num_threads()} thread(s))"
+            )
+    with capsys.disabled():
+        for path in [path for path in PATHS if path != "loop"]:
+            print(f"MAML {steps} inner step(s), {order} order: {path} / loop = {report[path] / report['loop']:.2f}")
 
 
 _PEAK_SCRIPT = """

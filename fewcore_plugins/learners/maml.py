@@ -37,6 +37,22 @@ finite differences), and both task paths use the same definition so they agree.
 
 Episodes with fewer classes than ``n_way`` use the first N outputs of the head (labels are
 arbitrary per episode, so any N units serve equally).
+
+**Performance note (CPU).** ``vmap`` saves the Python and dispatch work of the per-task loop,
+and nothing else: the arithmetic and the memory traffic are the same. Measured on Conv4,
+Omniglot 5-way 1-shot, 5 queries, meta-batch 32, one thread (benchmarks/test_bench_maml.py):
+that work is about 1 CPU second per meta-step for the loop (one inner step, second order;
+measured with 1-channel, 16×16 tensors that leave only the overhead) against 0.05 s vmapped,
+roughly a fifth of the loop's step. Batching all 32 tasks at once costs more than it saves:
+every activation becomes 32× larger (160 MB instead of 5 MB for the first block), falls out of
+the caches, and glibc returns allocations above 32 MB to the system, so each step page-faults
+about 3 GB back in (≈ 820,000 minor faults per step, against ≈ 4,000 for the loop; with
+``MALLOC_MMAP_THRESHOLD_`` raised they vanish and the step is ~20% faster). The whole-batch
+vmap also moves activations between the grouped convolution's ``[n, task·C, H, W]`` layout and
+the ``[task·n, C, H, W]`` layout of batch norm and max-pooling (copies at every block). Vmapping
+a few tasks at a time (``tasks_per_vmap``, e.g. 4) keeps the tensors cache-sized and the
+overhead low: 1.03–1.44× the loop in our measurements (benchmarks/README.md), short of 2×. On a
+GPU, batch the whole meta-batch.
 """
 
 from __future__ import annotations
@@ -149,9 +165,18 @@ class MAML(Learner):
         inner_lr: the inner step size α (the initial one for Meta-SGD).
         eval_inner_steps: inner steps in evaluation mode; ``None`` uses ``inner_steps``.
         first_order: FOMAML: drop the second-order terms of the meta-gradient.
+        first_order_warmup: meta-training steps (training-mode forward passes with autograd
+            recording) that use the first-order approximation before second order takes over, a
+            cheap start from a random initialization; ignored with ``first_order``. The count
+            is the buffer ``meta_training_steps``, saved with the learner so that resuming
+            continues the schedule.
         task_batching: ``"vmap"`` vectorizes the meta-batch over tasks, ``"loop"`` adapts one
             task at a time, ``"auto"`` uses vmap and falls back to the loop (with a warning)
             when the backbone cannot be vmapped. Both give the same result.
+        tasks_per_vmap: with vmap, batch at most this many tasks at once (``vmap``'s
+            ``chunk_size``; the chunks run one after the other); ``None`` batches the whole
+            meta-batch. On CPU a few tasks per chunk is faster than all of them (see the
+            performance note above).
         input_shape: item shape, to size the head; ``None`` uses the backbone's
             ``example_input_shape``.
     """
@@ -164,17 +189,22 @@ class MAML(Learner):
         inner_lr: float = 0.4,
         eval_inner_steps: int | None = None,
         first_order: bool = False,
+        first_order_warmup: int = 0,
         task_batching: TaskBatching = "auto",
+        tasks_per_vmap: int | None = None,
         input_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if n_way < 1:
             raise ValueError(f"n_way must be at least 1; got {n_way}")
-        for name, steps in (("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps)):
+        counts = (("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps), ("first_order_warmup", first_order_warmup))
+        for name, steps in counts:
             if steps is not None and (not isinstance(steps, int) or steps < 0):
                 raise ValueError(f"{name} must be a non-negative integer; got {steps!r}")
         if task_batching not in ("auto", "vmap", "loop"):
             raise ValueError(f"task_batching must be 'auto', 'vmap' or 'loop'; got {task_batching!r}")
+        if tasks_per_vmap is not None and (not isinstance(tasks_per_vmap, int) or tasks_per_vmap < 1):
+            raise ValueError(f"tasks_per_vmap must be a positive integer or None; got {tasks_per_vmap!r}")
         if not math.isfinite(inner_lr):
             raise ValueError(f"inner_lr must be a finite number; got {inner_lr}")
         shape = tuple(input_shape) if input_shape is not None else tuple(backbone.example_input_shape)
@@ -184,7 +214,10 @@ class MAML(Learner):
         self.inner_lr = float(inner_lr)
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
         self.first_order = first_order
+        self.first_order_warmup = first_order_warmup
+        self.register_buffer("meta_training_steps", torch.zeros((), dtype=torch.long))
         self.task_batching: TaskBatching = task_batching
+        self.tasks_per_vmap = tasks_per_vmap
         # Batch-norm running statistics are replaced by None in every functional call, which
         # makes batch norm use batch statistics and never touch its buffers.
         self._no_running_stats: dict[str, Tensor | None] = {
@@ -255,7 +288,8 @@ class MAML(Learner):
             )
         steps = self.inner_steps if self.training else self.eval_inner_steps
         # Without a recorded outer graph (evaluation) second-order terms are never needed.
-        first_order = self.first_order or not torch.is_grad_enabled()
+        warming_up = self.training and int(self.meta_training_steps) < self.first_order_warmup
+        first_order = self.first_order or warming_up or not torch.is_grad_enabled()
         params = dict(self.model.named_parameters())
         lrs = self.inner_lrs()
 
@@ -265,7 +299,7 @@ class MAML(Learner):
         with _BatchStatisticsNorm():
             if self.task_batching != "loop" and support_x.shape[0] > 1:
                 try:
-                    return vmap(task, randomness="different")(support_x, support_y, query_x)
+                    return vmap(task, randomness="different", chunk_size=self.tasks_per_vmap)(support_x, support_y, query_x)
                 except (RuntimeError, NotImplementedError) as exc:
                     if self.task_batching == "vmap":
                         raise
@@ -298,6 +332,8 @@ class MAML(Learner):
         n_way = check_episode(episode)
         logits = self.adapted_logits(episode.support_x, episode.support_y, episode.query_x, n_way)
         loss = F.cross_entropy(logits.flatten(0, 1), episode.query_y.flatten())
+        if self.training and torch.is_grad_enabled():
+            self.meta_training_steps += 1
         return LearnerOutput(logits=logits, loss=loss)
 
 

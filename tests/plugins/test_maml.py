@@ -225,20 +225,54 @@ def test_vmapped_and_looped_meta_gradients_agree_on_conv4(learner_cls: type[MAML
     learner.task_batching = "vmap"
     vmapped = meta_gradients(learner, episode)
     vmapped_logits = learner(episode).logits
+    learner.tasks_per_vmap = 2  # chunks of 2 and 1 tasks
+    chunked = meta_gradients(learner, episode)
+    chunked_logits = learner(episode).logits
     learner.task_batching = "loop"
     looped = meta_gradients(learner, episode)
     torch.testing.assert_close(learner(episode).logits, vmapped_logits, rtol=1e-10, atol=1e-12)
-    for v, lp in zip(vmapped, looped):
+    torch.testing.assert_close(chunked_logits, vmapped_logits, rtol=1e-10, atol=1e-12)
+    for v, c, lp in zip(vmapped, chunked, looped):
         torch.testing.assert_close(v, lp, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(c, lp, rtol=1e-9, atol=1e-12)
 
 
 def test_running_statistics_untouched() -> None:
     backbone = fewcore.create("backbone", "conv4", hidden_channels=4)
     learner = MAML(backbone, n_way=5)
-    before = {name: b.clone() for name, b in learner.named_buffers()}
+    before = {name: b.clone() for name, b in learner.model.named_buffers()}
     learner(random_episode(2, 5, 1, 1, (1, 28, 28), dtype=torch.float32)).loss.backward()
-    for name, buffer in learner.named_buffers():
+    for name, buffer in learner.model.named_buffers():
         assert torch.equal(buffer, before[name]), name
+
+
+def test_first_order_warmup_then_second_order() -> None:
+    """The first ``first_order_warmup`` meta-training steps are FOMAML's, the later ones MAML's;
+    evaluation and gradient-free passes do not count, and the count survives a state_dict round trip."""
+    episode = random_episode(batch=2, n_way=3, k_shot=2, q_query=3, item_shape=(4,))
+
+    def learner(**config: Any) -> MAML:
+        torch.manual_seed(0)
+        return MAML(Flat(4), n_way=3, inner_steps=2, inner_lr=0.5, **config).to(F64)
+
+    first, second = meta_gradients(learner(first_order=True), episode), meta_gradients(learner(), episode)
+    assert not torch.allclose(first[0], second[0])  # the schedule is observable
+    warm = learner(first_order_warmup=2)
+    warm.eval()
+    with torch.no_grad():
+        warm(episode)
+    warm.train()
+    with torch.no_grad():
+        warm(episode)
+    assert int(warm.meta_training_steps) == 0
+    for expected in (first, first, second):
+        for got, want in zip(meta_gradients(warm, episode), expected):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    resumed = learner(first_order_warmup=2)
+    resumed.load_state_dict(warm.state_dict())
+    assert int(resumed.meta_training_steps) == 3
+    for got, want in zip(meta_gradients(resumed, episode), second):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
 
 
 class ItemCallingBackbone(Flat):
@@ -300,8 +334,10 @@ def test_episode_with_fewer_classes_uses_the_first_outputs_and_more_is_an_error(
     ("config", "message"),
     [
         ({"inner_steps": -1}, "inner_steps"),
+        ({"first_order_warmup": -2}, "first_order_warmup"),
         ({"eval_inner_steps": 1.5}, "eval_inner_steps"),
         ({"task_batching": "threads"}, "task_batching"),
+        ({"tasks_per_vmap": 0}, "tasks_per_vmap"),
         ({"n_way": 0}, "n_way"),
     ],
 )
