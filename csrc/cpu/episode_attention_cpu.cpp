@@ -99,15 +99,6 @@ struct NoAutocast {
   c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
 };
 
-// The rows' metric norms ([B, R]; math.h): ‖x‖² for distances, max(‖x‖, eps) for cosine, empty
-// for dot. One vectorized reduction without a temporary: squaring first (x.square().sum(-1))
-// writes a copy of x, which cost more than the attention's own products at episode sizes.
-at::Tensor row_norms(const at::Tensor& x, int64_t metric) {
-  if (metric == kDot) return at::empty({0}, x.options());
-  at::Tensor norms = at::linalg_vector_norm(x, 2, -1);
-  return metric == kCosine ? norms.clamp_min_(kCosineEps) : norms.square_();
-}
-
 // q sᵀ for a chunk of tasks. BLAS is faster on a contiguous sᵀ than on the transposed view, and
 // the copy is small (support rows only).
 at::Tensor scores_product(const at::Tensor& q, const at::Tensor& s) {
@@ -148,7 +139,7 @@ template <class T, int64_t metric>
 void forward_small(T inv_temperature, const at::Tensor& q, const at::Tensor& s, const at::Tensor& v, at::Tensor out,
                    at::Tensor lse) {
   const int64_t B = q.size(0), N = q.size(1), M = s.size(1);
-  const at::Tensor nq = row_norms(q, metric), ns = row_norms(s, metric);
+  const at::Tensor nq = cpu::metric_norms(q, metric), ns = cpu::metric_norms(s, metric);
   at::Tensor probs = scores_product(q, s);
   T* p = probs.data_ptr<T>();
   T* row_max = lse.data_ptr<T>();
@@ -208,7 +199,7 @@ void backward_small(T inv_temperature, const at::Tensor& dout, const at::Tensor&
                     const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, at::Tensor dq, at::Tensor ds,
                     at::Tensor dv) {
   const int64_t B = q.size(0), N = q.size(1), M = s.size(1), D = q.size(2), C = v.size(2);
-  const at::Tensor nq = row_norms(q, metric), ns = row_norms(s, metric);
+  const at::Tensor nq = cpu::metric_norms(q, metric), ns = cpu::metric_norms(s, metric);
   at::Tensor values = scores_product(q, s);
   at::Tensor coeffs = at::bmm(dout, v.transpose(1, 2));  // dP = dO vᵀ
   at::Tensor probs = at::empty_like(values);
@@ -293,7 +284,7 @@ std::tuple<at::Tensor, at::Tensor> episode_attention_cpu(const at::Tensor& q_in,
     });
     return {out.to(q_in.scalar_type()), lse};
   }
-  const at::Tensor nq = row_norms(q, metric), ns = row_norms(s, metric);
+  const at::Tensor nq = cpu::metric_norms(q, metric), ns = cpu::metric_norms(s, metric);
   const int64_t row_blocks = ceil_div(N, kRowBlock);
   AT_DISPATCH_FLOATING_TYPES(dtype, "episode_attention_cpu", [&] {
     const int64_t work = std::min(N, kRowBlock) * s.size(1) * (q.size(2) + v.size(2));
@@ -417,7 +408,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_backward_cpu(
   // Σ_c dO·O per query: the softmax backward's row term.
   const at::Tensor delta = (dout * out_in.detach().to(dtype)).sum(-1).contiguous();
   at::Tensor dq = at::zeros_like(q), ds = at::zeros_like(s), dv = at::zeros_like(v);
-  const at::Tensor nq = row_norms(q, metric), ns = row_norms(s, metric);
+  const at::Tensor nq = cpu::metric_norms(q, metric), ns = cpu::metric_norms(s, metric);
   // Whole tasks per thread when there are enough tasks (or a task is one tile); otherwise two
   // passes over each task, split by queries (for dq) and by support rows (for ds, dv).
   const bool whole_tasks = B >= at::get_num_threads() || (N <= kRowBlock && M <= kColBlock);

@@ -41,22 +41,6 @@ FEWCORE_CPU_CLONES void row_norms(int64_t metric, const T* rows, int64_t begin, 
   }
 }
 
-// metric_norms (ops.h) of a contiguous [B, R, D] tensor, by rows in parallel (no [B, R, D]
-// temporary); undefined for dot, which needs none.
-at::Tensor cpu_metric_norms(const at::Tensor& t, int64_t metric) {
-  if (metric == kDot) return {};
-  const int64_t rows = t.size(0) * t.size(1), d = t.size(2);
-  at::Tensor norms = at::empty({t.size(0), t.size(1)}, t.options());
-  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "pairwise_distance_norms", [&] {
-    const scalar_t* p = t.data_ptr<scalar_t>();
-    scalar_t* n = norms.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, cpu::grain_for(d), [&](int64_t begin, int64_t end) {
-      row_norms<scalar_t>(metric, p, begin, end, d, n);
-    });
-  });
-  return norms;
-}
-
 // Turns o[j] = x_r · y_j (j < M) into the metric in place. nx_r and ny are metric_norms; xr and
 // yb (the task's [M, D] support rows) are read only to recompute cancelled distances exactly.
 template <class T>
@@ -105,7 +89,7 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x_in, const at::Tensor& y_in,
   // roots, and an exact recomputation only where the expanded form cancelled.
   at::bmm_out(out, x, y.transpose(1, 2));
   if (metric == kDot) return out.to(x_in.scalar_type());
-  const at::Tensor nx = cpu_metric_norms(x, metric), ny = cpu_metric_norms(y, metric);
+  const at::Tensor nx = cpu::metric_norms(x, metric), ny = cpu::metric_norms(y, metric);
   AT_DISPATCH_FLOATING_TYPES(dtype, "pairwise_distance_cpu", [&] {
     using T = scalar_t;
     at::parallel_for(0, B * N, cpu::grain_for(M * 4), [&](int64_t begin, int64_t end) {
@@ -164,7 +148,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
     return {at::zeros_like(x_in, at::MemoryFormat::Contiguous), at::zeros_like(y_in, at::MemoryFormat::Contiguous)};
   const bool dot = metric == kDot, cosine = metric == kCosine;
   // Only cosine's coefficients involve the norms; the distances' come from `out` alone.
-  const at::Tensor nx = cpu_metric_norms(x, cosine ? metric : kDot), ny = cpu_metric_norms(y, cosine ? metric : kDot);
+  const at::Tensor nx = cpu::metric_norms(x, cosine ? metric : kDot), ny = cpu::metric_norms(y, cosine ? metric : kDot);
   at::Tensor G = dot ? grad : at::empty_like(grad);
   if (N * M <= cpu::kBatchedProductEntries) {
     // Small tasks: coefficients task by task, then the products as batched BLAS calls, each
@@ -244,6 +228,23 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
 }
 
 }  // namespace
+
+// The contiguous [B, R, D] tensor's metric_norms ([B, R]; ops.h), by rows in parallel with no
+// [B, R, D] temporary; undefined for dot, which needs none. Shared with episode_attention_cpu.cpp.
+at::Tensor cpu::metric_norms(const at::Tensor& t, int64_t metric) {
+  TORCH_INTERNAL_ASSERT(t.dim() == 3 && t.is_contiguous(), "metric_norms: expects a contiguous [B, R, D] tensor");
+  if (metric == kDot) return {};
+  const int64_t rows = t.size(0) * t.size(1), d = t.size(2);
+  at::Tensor norms = at::empty({t.size(0), t.size(1)}, t.options());
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "metric_norms_cpu", [&] {
+    const scalar_t* p = t.data_ptr<scalar_t>();
+    scalar_t* n = norms.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, cpu::grain_for(d), [&](int64_t begin, int64_t end) {
+      row_norms<scalar_t>(metric, p, begin, end, d, n);
+    });
+  });
+  return norms;
+}
 
 TORCH_LIBRARY_IMPL(fewcore, CPU, m) {
   m.impl("pairwise_distance", &pairwise_distance_cpu);

@@ -18,6 +18,10 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // than that, and far more when the machine is busy and the worker waits for a time slice.
 inline int64_t grain_for(int64_t work) { return std::max<int64_t>(1, ceil_div(int64_t{1} << 20, std::max<int64_t>(work, 1))); }
 
+// The rows' metric_norms (ops.h) of a contiguous [B, R, D] tensor: [B, R], undefined for dot.
+// Defined in pairwise_distance_cpu.cpp (parallel and vectorized, without a [B, R, D] temporary).
+at::Tensor metric_norms(const at::Tensor& t, int64_t metric);
+
 // Below this many multiply-adds a tile's products are computed in place: a BLAS call costs more.
 constexpr int64_t kDirectTileWork = int64_t{1} << 15;
 
