@@ -43,9 +43,10 @@ CONFIGS = [
     ("protonet", {"distance": "cosine", "scale": 10.0}),
     ("matching", {}),
     ("matching", {"temperature": 1.0}),
+    ("matching", {"metric": "sqeuclidean"}),
     ("matching", {"fce": True, "fce_steps": 3}),
 ]
-IDS = ["protonet", "protonet-euclidean", "protonet-cosine", "matching", "matching-T1", "matching-fce"]
+IDS = ["protonet", "protonet-euclidean", "protonet-cosine", "matching", "matching-T1", "matching-sqeuclidean", "matching-fce"]
 
 
 def _build(name: str, config: dict[str, Any], features: int, backbone: Backbone | None = None) -> Learner:
@@ -96,6 +97,21 @@ def test_matching_scores_are_log_attention_over_one_hot_labels(temperature: floa
     probabilities = torch.softmax(cosine / temperature, dim=-1) @ F.one_hot(episode.support_y, 3).float()
     torch.testing.assert_close(output.logits, probabilities.log())
     torch.testing.assert_close(output.loss, F.nll_loss(probabilities.log().flatten(0, 1), episode.query_y.flatten()))
+
+
+def test_matching_with_squared_euclidean_scores_is_protonet_at_one_shot() -> None:
+    # Snell et al. (2017), section 2.4: with one support item per class the two models coincide.
+    episode = random_episode((6,), n_way=4, k_shot=1, q_query=3, batch_size=2, seed=5)
+    matching = _learner("matching", Flatten(), metric="sqeuclidean", temperature=0.5)
+    protonet = _learner("protonet", Flatten(), scale=2.0)
+    expected = torch.log_softmax(protonet.predict(episode.support_x, episode.support_y, episode.query_x), dim=-1)
+    # Matching Networks clamp probabilities at 1e-8 before the log.
+    torch.testing.assert_close(matching(episode).logits, expected.clamp_min(math.log(1e-8)), rtol=1e-4, atol=1e-4)
+
+
+def test_matching_rejects_an_unknown_metric() -> None:
+    with pytest.raises(ValueError, match=r"metric must be one of cosine, sqeuclidean; got 'dot'"):
+        _learner("matching", Flatten(), metric="dot")
 
 
 def test_protonet_loss_is_query_cross_entropy() -> None:
