@@ -5,6 +5,11 @@ turn inside one loop, so a burst of load on the shared machine hits them all ali
 
     python benchmarks/distance_timing.py --threads 1            # episode shapes, forward and fwd+bwd
     python benchmarks/distance_timing.py --threads 2 --large    # 4096x4096x512 forward and the GEMM rate
+    python benchmarks/distance_timing.py --threads 1 --breakdown --impls fewcore,eager
+
+--breakdown adds where fewcore's time per call goes: ``kernels``, the two compiled kernels called
+directly (no argument checks, no autograd), and ``one-op autograd``, ``torch.autograd.grad``
+through one cheap op of both inputs (torch.cat), the least any differentiable call costs.
 
 With --threads 1 the clock is the calling thread's CPU time (time.thread_time): on an
 oversubscribed machine it leaves out the time slices other processes take, which wall time does
@@ -21,6 +26,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+import fewcore.ops._compiled  # noqa: F401  (loads fewcore._C, which registers the ops)
+from fewcore.ops._reference import METRICS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_bench_ops as bench  # noqa: E402
@@ -43,6 +51,19 @@ def interleaved_medians(runs: dict[str, Callable[[], object]], rounds: int, budg
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def _bare_kernels(inputs: list[torch.Tensor], backward: bool) -> Callable[[], object]:
+    """The euclidean forward kernel (and the backward kernel) on ``inputs``, without autograd."""
+    x, y = (t.detach() for t in inputs)
+    euclidean = METRICS.index("euclidean")  # the kernels' metric code
+    grad = torch.randn(x.shape[0], x.shape[1], y.shape[1])
+
+    def run() -> object:
+        out = torch.ops.fewcore.pairwise_distance(x, y, euclidean)
+        return torch.ops.fewcore._pairwise_distance_backward(grad, x, y, out, euclidean) if backward else out
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
@@ -50,6 +71,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--budget", type=float, default=4.0, help="seconds per shape and direction")
     parser.add_argument("--impls", default="fewcore,eager,compiled")
+    parser.add_argument("--breakdown", action="store_true", help="also time the bare kernels and a one-op autograd call")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     impls = args.impls.split(",")
@@ -64,6 +86,9 @@ def main() -> None:
             runs = {impl: bench._runner(bench.IMPLEMENTATIONS["distance"][impl], inputs, backward) for impl in impls}
             if args.large:
                 runs["gemm"] = bench._runner(bench.gemm, inputs, False)
+            if args.breakdown:
+                runs["kernels"] = _bare_kernels(inputs, backward)
+                runs["one-op autograd"] = bench._runner(lambda x, y: torch.cat([x, y], dim=1), inputs, backward)
             med = interleaved_medians(runs, 5 if args.large else args.rounds, 1e9 if args.large else args.budget, clock)
             ours = med.get("fewcore")
             cells = [f"{name} {1e3 * t:.3f}" + (f" ({t / ours:.2f}x)" if ours and name != "fewcore" else "")
