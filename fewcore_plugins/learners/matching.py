@@ -13,8 +13,8 @@ after 120 episodes, T = 0.1 to 0.90 after 90.
 
 c may instead be the negated squared euclidean distance, c(a, b) = −‖a − b‖² (default T = 1):
 Snell et al. (2017) found on miniImageNet that it improves Matching Networks as much as
-Prototypical Networks over cosine, and with one shot per class the two models coincide (their
-section 2.4).
+Prototypical Networks over cosine, and showed that with one shot per class the two models
+coincide.
 
 The read-out is :func:`fewcore.ops.episode_attention` with the one-hot support labels as values;
 it returns probabilities, so the logits are ``log P`` (clamped away from zero) and the loss is the
@@ -109,7 +109,7 @@ METRIC_TEMPERATURES = {"cosine": 0.1, "sqeuclidean": 1.0}
 
 
 class MatchingNetworks(Learner):
-    """Attention over the support set (cosine similarity by default), optionally with full-context embeddings.
+    """Attention over the support set, optionally with full-context embeddings.
 
     Args:
         backbone: the embedding network (f' = g').

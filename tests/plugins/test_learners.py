@@ -46,7 +46,10 @@ CONFIGS = [
     ("matching", {"metric": "sqeuclidean"}),
     ("matching", {"fce": True, "fce_steps": 3}),
 ]
-IDS = ["protonet", "protonet-euclidean", "protonet-cosine", "matching", "matching-T1", "matching-sqeuclidean", "matching-fce"]
+IDS = [
+    "protonet", "protonet-euclidean", "protonet-cosine",
+    "matching", "matching-T1", "matching-sqeuclidean", "matching-fce",
+]
 
 
 def _build(name: str, config: dict[str, Any], features: int, backbone: Backbone | None = None) -> Learner:
@@ -100,7 +103,7 @@ def test_matching_scores_are_log_attention_over_one_hot_labels(temperature: floa
 
 
 def test_matching_with_squared_euclidean_scores_is_protonet_at_one_shot() -> None:
-    # Snell et al. (2017), section 2.4: with one support item per class the two models coincide.
+    # Snell et al. (2017), comparing the two: with one support item per class they coincide.
     episode = random_episode((6,), n_way=4, k_shot=1, q_query=3, batch_size=2, seed=5)
     matching = _learner("matching", Flatten(), metric="sqeuclidean", temperature=0.5)
     protonet = _learner("protonet", Flatten(), scale=2.0)
