@@ -20,10 +20,14 @@ Twin networks with shared weights embed the two items of a pair, ``h1 = f(x1)``,
 
 Training pairs are :func:`fewcore_plugins.pair_sampler.balanced_pairs` of each episode: every
 query with the K support items of its class and the K of one other class, as many same as
-different pairs. One-shot N-way classification (Koch et al., section 4.2): each query goes to
-the class of the support item it is most similar to; the score of class k is the largest
-similarity to a support item of class k (``−D``, or the head's logit), so the logits are
-``[B, Nq, N]`` for any K. Distances come from :func:`fewcore.ops.pairwise_distance`; the weighted
+different pairs. The other class cycles through the episode's classes (``negatives = "cycle"``)
+or is, per query, the class the model currently scores highest after the query's own
+(``negatives = "hardest"``, hard-negative mining as in FaceNet, Schroff et al. 2015): with N − 1
+candidate classes, a fixed cycle mostly pairs a query with classes it is already far from,
+while the test asks for it to beat every class at once. One-shot N-way classification (Koch et
+al., section 4.2): each query goes to the class of the support item it is most similar to; the
+score of class k is the largest similarity to a support item of class k (``−D``, or the head's
+logit), so the logits are ``[B, Nq, N]`` for any K. Distances come from :func:`fewcore.ops.pairwise_distance`; the weighted
 L1 head has no fused op and is computed with broadcasting.
 """
 
@@ -40,6 +44,7 @@ from fewcore_plugins.learners._episode import check_episode, check_task_batch, e
 from fewcore_plugins.pair_sampler import balanced_pairs
 
 HEADS = ("contrastive", "koch")
+NEGATIVES = ("cycle", "hardest")
 
 
 def contrastive_loss(distance: Tensor, different: Tensor, margin: float) -> Tensor:
@@ -81,6 +86,8 @@ class SiameseNetwork(Learner):
         head: ``"contrastive"`` (euclidean distance, contrastive loss) or ``"koch"`` (weighted
             L1 + sigmoid, binary cross-entropy).
         margin: m of the contrastive loss.
+        negatives: how each query's different-class pairs are chosen: ``"cycle"`` (by position)
+            or ``"hardest"`` (the other class it is most similar to; see the module notes).
         input_shape: item shape, to size the Koch head; ``None`` uses the backbone's
             ``example_input_shape``.
     """
@@ -90,6 +97,7 @@ class SiameseNetwork(Learner):
         backbone: Backbone,
         head: str = "contrastive",
         margin: float = 1.0,
+        negatives: str = "cycle",
         input_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
@@ -97,9 +105,12 @@ class SiameseNetwork(Learner):
             raise ValueError(f"head must be one of {', '.join(HEADS)}; got {head!r}")
         if margin <= 0:
             raise ValueError(f"margin must be positive; got {margin}")
+        if negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
         self.backbone = backbone
         self.head = head
         self.margin = float(margin)
+        self.negatives = negatives
         if head == "koch":
             shape = tuple(input_shape) if input_shape is not None else tuple(backbone.example_input_shape)
             self.verifier = nn.Linear(backbone.embedding_size(shape), 1)
@@ -139,11 +150,16 @@ class SiameseNetwork(Learner):
         n_way = check_episode(episode)
         support, query = embed_tasks(self.backbone, episode.support_x, episode.query_x)
         similarity = self.similarity(query, support)  # [B, Nq, Ns]
-        pairs = balanced_pairs(episode.query_y, episode.support_y, n_way)
+        scores = class_scores(similarity, episode.support_y, n_way)
+        other = None
+        if self.negatives == "hardest":
+            own = F.one_hot(episode.query_y, n_way).bool()
+            other = scores.detach().masked_fill(own, float("-inf")).argmax(dim=-1)
+        pairs = balanced_pairs(episode.query_y, episode.support_y, n_way, other)
         tasks = torch.arange(similarity.shape[0], device=similarity.device)[:, None]
         pair_similarity = similarity[tasks, pairs.query_index, pairs.support_index]  # [B, P]
         if self.head == "contrastive":
             loss = contrastive_loss(-pair_similarity, ~pairs.same, self.margin)
         else:
             loss = F.binary_cross_entropy_with_logits(pair_similarity, pairs.same.to(pair_similarity.dtype))
-        return LearnerOutput(logits=class_scores(similarity, episode.support_y, n_way), loss=loss)
+        return LearnerOutput(logits=scores, loss=loss)

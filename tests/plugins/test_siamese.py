@@ -53,6 +53,40 @@ def test_pairs_are_deterministic() -> None:
         assert torch.equal(a, b)
 
 
+def test_pairs_with_chosen_other_classes_use_exactly_those_classes() -> None:
+    gen = torch.Generator().manual_seed(2)
+    support_y, query_y = _labels(gen, 2, 4, 3), _labels(gen, 2, 4, 2)
+    other = (query_y + 1 + torch.randint(0, 3, query_y.shape, generator=gen)) % 4
+    pairs = balanced_pairs(query_y, support_y, 4, other)
+    tasks = torch.arange(2)[:, None]
+    paired_class = support_y[tasks, pairs.support_index]
+    expected = torch.where(pairs.same, query_y[tasks, pairs.query_index], other[tasks, pairs.query_index])
+    assert torch.equal(paired_class, expected)
+    assert (pairs.same.sum(dim=1) == pairs.same.shape[1] // 2).all()
+    with pytest.raises(ValueError, match="other than the query's own"):
+        balanced_pairs(query_y, support_y, 4, query_y)
+    with pytest.raises(ValueError, match=r"other must be \[B, Nq\]"):
+        balanced_pairs(query_y, support_y, 4, other[:, :1])
+
+
+def test_hardest_negatives_pair_each_query_with_its_most_similar_other_class() -> None:
+    episode = random_episode((1, 28, 28), n_way=5, k_shot=2, q_query=3, batch_size=2, seed=3)
+    learner = SiameseNetwork(fewcore.create("backbone", "conv4", hidden_channels=4), negatives="hardest").eval()
+    captured = {}
+
+    def spy(query_y: Tensor, support_y: Tensor, n_way: int, other: Tensor | None = None) -> Any:
+        captured["other"] = other
+        return balanced_pairs(query_y, support_y, n_way, other)
+
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr("fewcore_plugins.learners.siamese.balanced_pairs", spy)
+        scores = learner(episode).logits
+    own = F.one_hot(episode.query_y, 5).bool()
+    best_other = scores.masked_fill(own, float("-inf")).argmax(dim=-1)
+    assert torch.equal(captured["other"], best_other)
+    assert not (best_other == episode.query_y).any()
+
+
 def test_pairs_reject_unbalanced_supports_and_single_classes() -> None:
     with pytest.raises(ValueError, match="at least 2 classes"):
         balanced_pairs(torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long), 1)
@@ -112,6 +146,8 @@ def test_bad_configuration_is_reported() -> None:
         SiameseNetwork(backbone, head="cosine")
     with pytest.raises(ValueError, match="margin"):
         SiameseNetwork(backbone, margin=0)
+    with pytest.raises(ValueError, match="negatives"):
+        SiameseNetwork(backbone, negatives="random")
 
 
 def _accuracy(learner: SiameseNetwork, episodes: list[Episode]) -> float:
@@ -123,7 +159,12 @@ def _accuracy(learner: SiameseNetwork, episodes: list[Episode]) -> float:
 
 
 @pytest.mark.parametrize(
-    ("config", "steps", "minimum"), [({"head": "contrastive"}, 60, 0.5), ({"head": "koch"}, 120, 0.3)]
+    ("config", "steps", "minimum"),
+    [
+        ({"head": "contrastive"}, 60, 0.5),
+        ({"head": "contrastive", "negatives": "hardest"}, 60, 0.5),
+        ({"head": "koch"}, 120, 0.3),
+    ],
 )
 def test_siamese_learns_one_shot_glyphs(config: dict[str, Any], steps: int, minimum: float) -> None:
     if "episodic" not in fewcore.list_components("sampler"):
