@@ -27,8 +27,9 @@ candidate classes, a fixed cycle mostly pairs a query with classes it is already
 while the test asks for it to beat every class at once. One-shot N-way classification (Koch et
 al., section 4.2): each query goes to the class of the support item it is most similar to; the
 score of class k is the largest similarity to a support item of class k (``−D``, or the head's
-logit), so the logits are ``[B, Nq, N]`` for any K. Distances come from :func:`fewcore.ops.pairwise_distance`; the weighted
-L1 head has no fused op and is computed with broadcasting.
+logit), so the logits are ``[B, Nq, N]`` for any K. Distances come from
+:func:`fewcore.ops.pairwise_distance`; the weighted L1 head has no fused op and is computed with
+broadcasting.
 """
 
 from __future__ import annotations
