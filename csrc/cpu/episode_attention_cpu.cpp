@@ -99,10 +99,10 @@ struct NoAutocast {
   c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
 };
 
-// q sᵀ for a chunk of tasks. BLAS is faster on a contiguous sᵀ than on the transposed view, and
-// the copy is small (support rows only).
+// q sᵀ for a chunk of tasks, on the transposed view: BLAS takes it as a transposed operand, and
+// ATen's copy of a transposed view with short rows costs more than the product saves from it.
 at::Tensor scores_product(const at::Tensor& q, const at::Tensor& s) {
-  return at::bmm(q, s.transpose(1, 2).contiguous());
+  return at::bmm(q, s.transpose(1, 2));
 }
 
 // Calls fn(b0, b1) for consecutive chunks of the B tasks, each of at most kChunkEntries scores.
@@ -112,14 +112,10 @@ void for_each_chunk(int64_t B, int64_t task_entries, const Fn& fn) {
   for (int64_t b0 = 0; b0 < B; b0 += per_chunk) fn(b0, std::min(B, b0 + per_chunk));
 }
 
-// The metric's values of a chunk's tasks: values [tasks, N, M] holds q sᵀ on entry.
+// Null for an undefined tensor (the norms of dot, which needs none).
 template <class T>
-void apply_metric_batch(int64_t metric, const at::Tensor& q, const at::Tensor& s, const at::Tensor& nq,
-                        const at::Tensor& ns, at::Tensor& values, int64_t b) {
-  const int64_t N = q.size(1), M = s.size(1), D = q.size(2);
-  cpu::apply_metric<T>(metric, values.data_ptr<T>() + b * N * M, M, N, M, q.data_ptr<T>() + b * N * D,
-                       s.data_ptr<T>() + b * M * D, metric == kDot ? nullptr : nq.data_ptr<T>() + b * N,
-                       metric == kDot ? nullptr : ns.data_ptr<T>() + b * M, D);
+const T* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
 // Calls fn with the metric as a compile-time constant (std::integral_constant), so that the
@@ -134,54 +130,114 @@ void with_metric(int64_t metric, const Fn& fn) {
   }
 }
 
+// A chunk of whole tasks in the compute dtype, contiguous: q [B, N, D], s [B, M, D], v [B, M, C]
+// and the rows' metric norms (null for dot).
+template <class T>
+struct SmallTasks {
+  const T* q;
+  const T* s;
+  const T* nq;
+  const T* ns;
+  int64_t N, M, D;
+};
+
+// Forward pass 1 on tasks [b0, b1): `p` ([B, N, M]) holds q sᵀ on entry and the scores shifted
+// by their row's maximum on exit; the maxima go to row_max.
+template <class T, int64_t metric>
+FEWCORE_CPU_CLONES void shifted_scores(const SmallTasks<T>& t, T inv_temperature, T* p, T* row_max, int64_t b0,
+                                       int64_t b1) {
+  const int64_t N = t.N, M = t.M, D = t.D;
+  for (int64_t b = b0; b < b1; ++b) {
+    cpu::apply_metric<T>(metric, p + b * N * M, M, N, M, t.q + b * N * D, t.s + b * M * D, t.nq ? t.nq + b * N : nullptr,
+                         t.ns ? t.ns + b * M : nullptr, D);
+    for (int64_t i = b * N; i < (b + 1) * N; ++i) {
+      T* row = p + i * M;
+      T max = -INFINITY;
+#pragma omp simd reduction(max : max)
+      for (int64_t j = 0; j < M; ++j) {
+        row[j] = attention_score(metric, row[j], inv_temperature);
+        max = std::max(max, row[j]);
+      }
+#pragma omp simd
+      for (int64_t j = 0; j < M; ++j) row[j] -= max;
+      row_max[i] = max;
+    }
+  }
+}
+
+// Forward pass 2 on rows [begin, end) of the exponentiated shifted scores: normalized into
+// probabilities, and lse (holding the row maxima) += log Σ.
+template <class T>
+FEWCORE_CPU_CLONES void normalize_rows(T* p, T* lse, int64_t begin, int64_t end, int64_t M) {
+  for (int64_t i = begin; i < end; ++i) {
+    T* row = p + i * M;
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < M; ++j) sum += row[j];
+    const T inv = T(1) / sum;
+#pragma omp simd
+    for (int64_t j = 0; j < M; ++j) row[j] *= inv;
+    lse[i] += std::log(sum);
+  }
+}
+
 // Forward of whole tasks (contiguous chunks q [b, N, D], s, v; out [b, N, C], lse [b, N]).
 template <class T, int64_t metric>
 void forward_small(T inv_temperature, const at::Tensor& q, const at::Tensor& s, const at::Tensor& v, at::Tensor out,
                    at::Tensor lse) {
   const int64_t B = q.size(0), N = q.size(1), M = s.size(1);
   const at::Tensor nq = cpu::metric_norms(q, metric), ns = cpu::metric_norms(s, metric);
+  const SmallTasks<T> tasks{q.data_ptr<T>(), s.data_ptr<T>(), data_or_null<T>(nq), data_or_null<T>(ns), N, M, q.size(2)};
   at::Tensor probs = scores_product(q, s);
   T* p = probs.data_ptr<T>();
   T* row_max = lse.data_ptr<T>();
   const int64_t grain = cpu::grain_for(N * M * 8);
-  // Pass 1: scores, shifted by their row's maximum (kept in lse for now).
   at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      apply_metric_batch<T>(metric, q, s, nq, ns, probs, b);
-      for (int64_t i = b * N; i < (b + 1) * N; ++i) {
-        T* row = p + i * M;
-        T max = -INFINITY;
-#pragma omp simd reduction(max : max)
-        for (int64_t j = 0; j < M; ++j) {
-          row[j] = attention_score(metric, row[j], inv_temperature);
-          max = std::max(max, row[j]);
-        }
-        for (int64_t j = 0; j < M; ++j) row[j] -= max;
-        row_max[i] = max;
-      }
-    }
+    shifted_scores<T, metric>(tasks, inv_temperature, p, row_max, begin, end);
   });
   probs.exp_();  // ATen's vectorized exp
-  // Pass 2: normalize the rows into probabilities; lse = max + log Σ.
-  at::parallel_for(0, B * N, grain / N + 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      T* row = p + i * M;
-      T sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < M; ++j) sum += row[j];
-      const T inv = T(1) / sum;
-#pragma omp simd
-      for (int64_t j = 0; j < M; ++j) row[j] *= inv;
-      row_max[i] += std::log(sum);
-    }
-  });
+  at::parallel_for(0, B * N, grain / N + 1, [&](int64_t begin, int64_t end) { normalize_rows<T>(p, row_max, begin, end, M); });
   at::bmm_out(out, probs, v);
+}
+
+// The small backward's per-chunk arrays ([B, N, M] unless said): the metric's values, the
+// probabilities' exponents (then the probabilities), dP = dO vᵀ (then the metric's coefficients
+// G), Σ_c dO·O per query [B, N], and the row and column sums of the weights W [B, N], [B, M].
+template <class T>
+struct SmallBackward {
+  T* val;
+  T* prob;
+  T* coeff;
+  T* delta;
+  T* row_sum;
+  T* col_sum;
+};
+
+// Backward pass 1 on tasks [b0, b1): the metric's values, the probabilities' exponents and δ.
+template <class T, int64_t metric>
+FEWCORE_CPU_CLONES void backward_exponents(const SmallTasks<T>& t, const SmallBackward<T>& w, T inv_temperature,
+                                           const T* lse, const T* dout, const T* out, int64_t C, int64_t b0,
+                                           int64_t b1) {
+  const int64_t N = t.N, M = t.M, D = t.D;
+  for (int64_t b = b0; b < b1; ++b) {
+    cpu::apply_metric<T>(metric, w.val + b * N * M, M, N, M, t.q + b * N * D, t.s + b * M * D,
+                         t.nq ? t.nq + b * N : nullptr, t.ns ? t.ns + b * M : nullptr, D);
+    for (int64_t i = b * N; i < (b + 1) * N; ++i) {
+      const T* val = w.val + i * M;  // in locals, as in softmax_backward
+      T* prob = w.prob + i * M;
+      const T shift = lse[i];
+#pragma omp simd
+      for (int64_t j = 0; j < M; ++j) prob[j] = attention_score(metric, val[j], inv_temperature) - shift;
+      w.delta[i] = cpu::dot(dout + i * C, out + i * C, C);
+    }
+  }
 }
 
 // dst[r] = ra_r · sums[r] · src[r] for `rows` rows of length d (math.h: the a_i x_i term of a
 // gradient); zero for dot. `norms` (cosine norms) is read only for cosine.
 template <class T>
-void scale_rows(int64_t metric, T* dst, const T* src, const T* sums, const T* norms, int64_t rows, int64_t d) {
+FEWCORE_CPU_INLINE void scale_rows(int64_t metric, T* dst, const T* src, const T* sums, const T* norms, int64_t rows,
+                                   int64_t d) {
   if (metric == kDot) {  // no a_i term; zeros, not 0 · q, which would turn an Inf in q into NaN
     std::fill(dst, dst + rows * d, T(0));
     return;
@@ -193,70 +249,70 @@ void scale_rows(int64_t metric, T* dst, const T* src, const T* sums, const T* no
   }
 }
 
+// Backward pass 2 on tasks [b0, b1): softmax backward dS = P (dP − δ), onto the metric's
+// coefficients G (in place of dP) and the row and column sums of the weights W (math.h); then
+// the a_i q_i and b_j s_j terms written into dq and ds (the products are added after).
+template <class T, int64_t metric>
+FEWCORE_CPU_CLONES void softmax_backward(const SmallTasks<T>& t, const SmallBackward<T>& w, T inv_temperature, T* dq,
+                                         T* ds, int64_t b0, int64_t b1) {
+  const int64_t N = t.N, M = t.M, D = t.D;
+  // Gradient on the metric's value from a gradient on the score: scores are ±value / T.
+  const T value_sign = is_distance(metric) ? -inv_temperature : inv_temperature;
+  const T* nq = metric == kCosine ? t.nq : nullptr;
+  const T* ns = metric == kCosine ? t.ns : nullptr;
+  for (int64_t b = b0; b < b1; ++b) {
+    T* col = w.col_sum + b * M;
+    const T* ns_b = ns ? ns + b * M : nullptr;
+    for (int64_t i = b * N; i < (b + 1) * N; ++i) {
+      // Row pointers in locals: through `w` the compiler must assume each store may change them,
+      // and the loop would not vectorize.
+      const T* prob = w.prob + i * M;
+      const T* val = w.val + i * M;
+      T* coeff = w.coeff + i * M;
+      const T n_row = nq ? nq[i] : T(1);
+      const T delta = w.delta[i];
+      T sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < M; ++j) {
+        const T g = prob[j] * (coeff[j] - delta) * value_sign;
+        const T n_col = ns_b ? ns_b[j] : T(1);
+        coeff[j] = matrix_coefficient(metric, g, val[j], n_row, n_col);
+        const T weight = reduction_weight(metric, g, val[j], n_row, n_col);
+        sum += weight;
+        col[j] += weight;
+      }
+      w.row_sum[i] = sum;
+    }
+    scale_rows<T>(metric, dq + b * N * D, t.q + b * N * D, w.row_sum + b * N, nq ? nq + b * N : nullptr, N, D);
+    scale_rows<T>(metric, ds + b * M * D, t.s + b * M * D, col, ns ? ns + b * M : nullptr, M, D);
+  }
+}
+
 // Backward of whole tasks (contiguous chunks; dq, ds, dv are written, not accumulated).
 template <class T, int64_t metric>
 void backward_small(T inv_temperature, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& s,
                     const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, at::Tensor dq, at::Tensor ds,
                     at::Tensor dv) {
-  const int64_t B = q.size(0), N = q.size(1), M = s.size(1), D = q.size(2), C = v.size(2);
+  const int64_t B = q.size(0), N = q.size(1), M = s.size(1);
   const at::Tensor nq = cpu::metric_norms(q, metric), ns = cpu::metric_norms(s, metric);
+  const SmallTasks<T> tasks{q.data_ptr<T>(), s.data_ptr<T>(), data_or_null<T>(nq), data_or_null<T>(ns), N, M, q.size(2)};
   at::Tensor values = scores_product(q, s);
   at::Tensor coeffs = at::bmm(dout, v.transpose(1, 2));  // dP = dO vᵀ
   at::Tensor probs = at::empty_like(values);
   std::vector<T> row_sum(B * N, T(0)), col_sum(B * M, T(0)), delta(B * N);
-  T* val = values.data_ptr<T>();
-  T* prob = probs.data_ptr<T>();
-  T* coeff = coeffs.data_ptr<T>();
+  const SmallBackward<T> work{values.data_ptr<T>(), probs.data_ptr<T>(), coeffs.data_ptr<T>(),
+                              delta.data(),         row_sum.data(),      col_sum.data()};
   const int64_t grain = cpu::grain_for(N * M * 8);
-  // Pass 1: the metric's values and the probabilities' exponents; Σ_c dO·O per query.
   at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
-    const T* lse_p = lse.data_ptr<T>();
-    const T* dout_p = dout.data_ptr<T>();
-    const T* out_p = out.data_ptr<T>();
-    for (int64_t b = begin; b < end; ++b) {
-      apply_metric_batch<T>(metric, q, s, nq, ns, values, b);
-      for (int64_t i = b * N; i < (b + 1) * N; ++i) {
-#pragma omp simd
-        for (int64_t j = 0; j < M; ++j)
-          prob[i * M + j] = attention_score(metric, val[i * M + j], inv_temperature) - lse_p[i];
-        delta[i] = cpu::dot(dout_p + i * C, out_p + i * C, C);
-      }
-    }
+    backward_exponents<T, metric>(tasks, work, inv_temperature, lse.data_ptr<T>(), dout.data_ptr<T>(),
+                                  out.data_ptr<T>(), v.size(2), begin, end);
   });
   probs.exp_();
-  // Gradient on the metric's value from a gradient on the score: scores are ±value / T.
-  const T value_sign = is_distance(metric) ? -inv_temperature : inv_temperature;
-  // Pass 2: softmax backward dS = P (dP − δ), onto the metric's coefficients G (in place of dP)
-  // and the row and column sums of the weights W (math.h).
   at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
-    const T* nq_p = metric == kCosine ? nq.data_ptr<T>() : nullptr;
-    const T* ns_p = metric == kCosine ? ns.data_ptr<T>() : nullptr;
-    for (int64_t b = begin; b < end; ++b) {
-      T* col = col_sum.data() + b * M;
-      for (int64_t i = b * N; i < (b + 1) * N; ++i) {
-        const T n_row = nq_p ? nq_p[i] : T(1);
-        T sum = 0;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < M; ++j) {
-          const int64_t e = i * M + j;
-          const T g = prob[e] * (coeff[e] - delta[i]) * value_sign;
-          const T n_col = ns_p ? ns_p[b * M + j] : T(1);
-          coeff[e] = matrix_coefficient(metric, g, val[e], n_row, n_col);
-          const T w = reduction_weight(metric, g, val[e], n_row, n_col);
-          sum += w;
-          col[j] += w;
-        }
-        row_sum[i] = sum;
-      }
-      // The a_i q_i and b_j s_j terms of the gradients; the products are added below.
-      scale_rows<T>(metric, dq.data_ptr<T>() + b * N * D, q.data_ptr<T>() + b * N * D, row_sum.data() + b * N,
-                    nq_p ? nq_p + b * N : nullptr, N, D);
-      scale_rows<T>(metric, ds.data_ptr<T>() + b * M * D, s.data_ptr<T>() + b * M * D, col, ns_p ? ns_p + b * M : nullptr,
-                    M, D);
-    }
+    softmax_backward<T, metric>(tasks, work, inv_temperature, dq.data_ptr<T>(), ds.data_ptr<T>(), begin, end);
   });
   dq.baddbmm_(coeffs, s);
-  ds.baddbmm_(coeffs.transpose(1, 2).contiguous(), q);
+  ds.baddbmm_(coeffs.transpose(1, 2), q);
   at::bmm_out(dv, probs.transpose(1, 2), dout);
 }
 

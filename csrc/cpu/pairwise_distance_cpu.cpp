@@ -14,21 +14,6 @@ namespace fewcore {
 
 namespace {
 
-// The forward's row loops below are compiled for several instruction sets and picked at load
-// time: the x86-64 baseline's four-float vectors would halve the speed of the epilogue's square
-// roots and of the norms. FEWCORE_CPU_INLINE marks what they call, so that it is compiled into
-// each clone.
-#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
-#define FEWCORE_CPU_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
-#else
-#define FEWCORE_CPU_CLONES
-#endif
-#if defined(__GNUC__) || defined(__clang__)
-#define FEWCORE_CPU_INLINE inline __attribute__((always_inline))
-#else
-#define FEWCORE_CPU_INLINE inline
-#endif
-
 // Rows [begin, end) of `rows` ([count, d]) get their metric_norms (ops.h): ‖r‖² or cosine_norm.
 template <class T>
 FEWCORE_CPU_CLONES void row_norms(int64_t metric, const T* rows, int64_t begin, int64_t end, int64_t d, T* norms) {
@@ -41,39 +26,13 @@ FEWCORE_CPU_CLONES void row_norms(int64_t metric, const T* rows, int64_t begin, 
   }
 }
 
-// Turns o[j] = x_r · y_j (j < M) into the metric in place. nx_r and ny are metric_norms; xr and
-// yb (the task's [M, D] support rows) are read only to recompute cancelled distances exactly.
-template <class T>
-FEWCORE_CPU_INLINE void finish_row(int64_t metric, T* o, int64_t M, T nx_r, const T* ny, const T* xr, const T* yb,
-                                   int64_t D) {
-  if (metric == kCosine) {
-#pragma omp simd
-    for (int64_t j = 0; j < M; ++j) o[j] = metric_value<T>(kCosine, o[j], nx_r, ny[j]);
-    return;
-  }
-  // Vectorized expanded form first; the few entries it cannot trust are recomputed after.
-  int64_t cancelled = 0;
-#pragma omp simd reduction(+ : cancelled)
-  for (int64_t j = 0; j < M; ++j) {
-    o[j] = expanded_sqdist(o[j], nx_r, ny[j]);
-    cancelled += needs_exact_sqdist(o[j], nx_r, ny[j]) ? 1 : 0;
-  }
-  if (cancelled > 0)
-    for (int64_t j = 0; j < M; ++j)
-      if (needs_exact_sqdist(o[j], nx_r, ny[j])) o[j] = cpu::exact_sqdist(xr, yb + j * D, D);
-  if (metric == kEuclidean) {
-#pragma omp simd
-    for (int64_t j = 0; j < M; ++j) o[j] = std::sqrt(o[j]);
-  }
-}
-
 // The forward's epilogue on rows [begin, end) of the flattened [B·N, M] products.
 template <class T>
 FEWCORE_CPU_CLONES void finish_rows(int64_t metric, T* out, const T* x, const T* y, const T* nx, const T* ny,
                                     int64_t begin, int64_t end, int64_t N, int64_t M, int64_t D) {
   for (int64_t r = begin; r < end; ++r) {
     const int64_t b = r / N;
-    finish_row(metric, out + r * M, M, nx[r], ny + b * M, x + r * D, y + b * M * D, D);
+    cpu::metric_row(metric, out + r * M, M, nx[r], ny + b * M, x + r * D, y + b * M * D, D);
   }
 }
 
@@ -107,21 +66,24 @@ const T* cosine_norms(const at::Tensor& norms, int64_t metric, int64_t offset) {
 }
 
 // One task's G (math.h) and the row and column factors a_i = ra_i Σ_j W_ij, c_j = rb_j Σ_i W_ij
-// (a and c start at zero).
+// (c starts at zero).
 template <class T>
-void task_coefficients(int64_t metric, const T* grad, const T* out, const T* nx, const T* ny, T* G, T* a, T* c,
-                       int64_t N, int64_t M) {
+FEWCORE_CPU_CLONES void task_coefficients(int64_t metric, const T* grad, const T* out, const T* nx, const T* ny, T* G,
+                                          T* a, T* c, int64_t N, int64_t M) {
   const bool cosine = metric == kCosine;
   for (int64_t i = 0; i < N; ++i) {
     const T n_row = cosine ? nx[i] : T(1);
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < M; ++j) {
       const int64_t e = i * M + j;
       const T n_col = cosine ? ny[j] : T(1);
       G[e] = matrix_coefficient(metric, grad[e], out[e], n_row, n_col);
       const T w = reduction_weight(metric, grad[e], out[e], n_row, n_col);
-      a[i] += w;
+      sum += w;
       c[j] += w;
     }
+    a[i] = sum;
   }
   if (!cosine) return;  // row_factor is 1
   for (int64_t i = 0; i < N; ++i) a[i] *= row_factor(metric, nx[i]);
@@ -154,7 +116,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
     // Small tasks: coefficients task by task, then the products as batched BLAS calls, each
     // accumulating onto a_i x_i (or b_j y_j) written straight into the gradient.
     if (dot) return {at::bmm(grad, y).to(x_in.scalar_type()), at::bmm(grad.transpose(1, 2), x).to(y_in.scalar_type())};
-    at::Tensor a = at::zeros({B, N}, x.options()), c = at::zeros({B, M}, x.options());
+    at::Tensor a = at::empty({B, N}, x.options()), c = at::zeros({B, M}, x.options());
     AT_DISPATCH_FLOATING_TYPES(dtype, "pairwise_distance_backward_cpu", [&] {
       using T = scalar_t;
       at::parallel_for(0, B, cpu::grain_for(N * M * 4), [&](int64_t begin, int64_t end) {

@@ -5,6 +5,23 @@
 #include <ATen/ATen.h>
 #include <fewcore/math.h>
 
+// The kernels' element loops are compiled for several instruction sets and picked at load time:
+// the x86-64 baseline's four-float vectors would halve or quarter their speed. The clones are
+// chosen by instruction-set feature, not by CPU model ("arch=..."): GCC matches an arch= clone
+// with __builtin_cpu_is, which a virtual machine's or a newer model's CPU fails, so such a
+// machine ran the baseline clone although it has AVX-512 (seen on this project's CI machine).
+// FEWCORE_CPU_INLINE marks what the clones call, so that it is compiled into each of them.
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#define FEWCORE_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FEWCORE_CPU_CLONES
+#endif
+#if defined(__GNUC__) || defined(__clang__)
+#define FEWCORE_CPU_INLINE inline __attribute__((always_inline))
+#else
+#define FEWCORE_CPU_INLINE inline
+#endif
+
 namespace fewcore::cpu {
 
 // Rows of x (queries) and of y (support) per tile: a float32 tile is 128 KiB, within L2.
@@ -26,7 +43,7 @@ at::Tensor metric_norms(const at::Tensor& t, int64_t metric);
 constexpr int64_t kDirectTileWork = int64_t{1} << 15;
 
 template <class T>
-T dot(const T* a, const T* b, int64_t d) {
+FEWCORE_CPU_INLINE T dot(const T* a, const T* b, int64_t d) {
   T acc = 0;
 #pragma omp simd reduction(+ : acc)
   for (int64_t k = 0; k < d; ++k) acc += a[k] * b[k];
@@ -34,7 +51,7 @@ T dot(const T* a, const T* b, int64_t d) {
 }
 
 template <class T>
-T exact_sqdist(const T* a, const T* b, int64_t d) {
+FEWCORE_CPU_INLINE T exact_sqdist(const T* a, const T* b, int64_t d) {
   T acc = 0;
 #pragma omp simd reduction(+ : acc)
   for (int64_t k = 0; k < d; ++k) {
@@ -111,7 +128,7 @@ void addmm_tn(at::Tensor& c, const at::Tensor& a, const at::Tensor& b) {
 // grad[i] += row_factor(norms[i]) · sums[i − i0] · rows[i] for i in [i0, i1), rows of length d:
 // the a_i x_i term of the gradients (math.h). `norms` is read only for cosine (may be null else).
 template <class T>
-void add_scaled_rows(T* grad, const T* rows, const T* sums, const T* norms, int64_t metric, int64_t i0, int64_t i1,
+FEWCORE_CPU_INLINE void add_scaled_rows(T* grad, const T* rows, const T* sums, const T* norms, int64_t metric, int64_t i0, int64_t i1,
                      int64_t d) {
   for (int64_t i = i0; i < i1; ++i) {
     const T factor = (metric == kCosine ? row_factor(metric, norms[i]) : T(1)) * sums[i - i0];
@@ -120,24 +137,39 @@ void add_scaled_rows(T* grad, const T* rows, const T* sums, const T* norms, int6
   }
 }
 
-// Turns dot products into the metric in place: tile[r, c] (row stride ld) holds x_r · y_c for the
-// rows at xp (nx) and yp (ny), d features each; nx/ny are the rows' metric_norms.
+// Turns o[j] = x · y_j (j < M) into the metric in place. nx and ny are the rows' metric_norms
+// (ops.h); x and y (the [M, d] rows y_j) are read only to recompute cancelled distances exactly.
 template <class T>
-void apply_metric(int64_t metric, T* t, int64_t ld, int64_t rows, int64_t cols, const T* xp, const T* yp,
-                  const T* nx, const T* ny, int64_t d) {
+FEWCORE_CPU_INLINE void metric_row(int64_t metric, T* o, int64_t M, T nx, const T* ny, const T* x, const T* y,
+                                   int64_t d) {
   if (metric == kDot) return;
-  for (int64_t r = 0; r < rows; ++r) {
-    T* row = t + r * ld;
-    if (metric == kCosine) {
-      for (int64_t c = 0; c < cols; ++c) row[c] = metric_value<T>(kCosine, row[c], nx[r], ny[c]);
-      continue;
-    }
-    for (int64_t c = 0; c < cols; ++c) {
-      T sq = expanded_sqdist(row[c], nx[r], ny[c]);
-      if (needs_exact_sqdist(sq, nx[r], ny[c])) sq = exact_sqdist(xp + r * d, yp + c * d, d);
-      row[c] = metric_value<T>(metric, sq, T(1), T(1));
-    }
+  if (metric == kCosine) {
+#pragma omp simd
+    for (int64_t j = 0; j < M; ++j) o[j] = metric_value<T>(kCosine, o[j], nx, ny[j]);
+    return;
   }
+  // Vectorized expanded form first; the few entries it cannot trust are recomputed after.
+  int64_t cancelled = 0;
+#pragma omp simd reduction(+ : cancelled)
+  for (int64_t j = 0; j < M; ++j) {
+    o[j] = expanded_sqdist(o[j], nx, ny[j]);
+    cancelled += needs_exact_sqdist(o[j], nx, ny[j]) ? 1 : 0;
+  }
+  if (cancelled > 0)
+    for (int64_t j = 0; j < M; ++j)
+      if (needs_exact_sqdist(o[j], nx, ny[j])) o[j] = exact_sqdist(x, y + j * d, d);
+  if (metric == kEuclidean) {
+#pragma omp simd
+    for (int64_t j = 0; j < M; ++j) o[j] = std::sqrt(o[j]);
+  }
+}
+
+// metric_row over a tile: t[r, c] (row stride ld) holds x_r · y_c for the rows at xp (norms nx)
+// and yp (ny), d features each.
+template <class T>
+FEWCORE_CPU_INLINE void apply_metric(int64_t metric, T* t, int64_t ld, int64_t rows, int64_t cols, const T* xp,
+                                     const T* yp, const T* nx, const T* ny, int64_t d) {
+  for (int64_t r = 0; r < rows; ++r) metric_row<T>(metric, t + r * ld, cols, nx ? nx[r] : T(0), ny, xp + r * d, yp, d);
 }
 
 // tile[r, c] = metric(x_blk[r], y_blk[c]). x_blk [R, D] and y_blk [Cn, D] are contiguous rows;
