@@ -16,10 +16,16 @@ TORCH_LIBRARY(fewcore, m) {
   m.def("pairwise_distance(Tensor x, Tensor y, int metric) -> Tensor");
   // grad [B,N,M], out = pairwise_distance(x, y) -> (grad_x, grad_y).
   m.def("_pairwise_distance_backward(Tensor grad, Tensor x, Tensor y, Tensor out, int metric) -> (Tensor, Tensor)");
-  // q [B,N,D], s [B,M,D], v [B,M,C] -> (out [B,N,C], lse [B,N]: log-sum-exp of each query's scores).
-  m.def("episode_attention(Tensor q, Tensor s, Tensor v, int metric, float temperature) -> (Tensor, Tensor)");
-  // Recomputes the scores from the inputs and lse -> (grad_q, grad_s, grad_v).
+  // q [B,N,D], s [B,M,D], v [B,M,C] -> (out [B,N,C], lse [B,N]: log-sum-exp of each query's scores,
+  // values: the metric's [B,N,M] values when save_values, else an empty [B,0,0]). Saving them
+  // spares the backward a product as large as the forward's; for tasks whose scores fit in cache
+  // (CPU only: the CUDA kernels always recompute).
+  m.def(
+      "episode_attention(Tensor q, Tensor s, Tensor v, int metric, float temperature, bool save_values=False) "
+      "-> (Tensor, Tensor, Tensor)");
+  // values: the forward's third output; the backward recomputes the scores from the inputs and
+  // lse where it is empty -> (grad_q, grad_s, grad_v).
   m.def(
       "_episode_attention_backward(Tensor grad_out, Tensor q, Tensor s, Tensor v, Tensor out, Tensor lse, "
-      "int metric, float temperature) -> (Tensor, Tensor, Tensor)");
+      "Tensor values, int metric, float temperature) -> (Tensor, Tensor, Tensor)");
 }

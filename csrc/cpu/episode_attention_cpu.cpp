@@ -141,21 +141,22 @@ struct SmallTasks {
   int64_t N, M, D;
 };
 
-// Forward pass 1 on tasks [b0, b1): `p` ([B, N, M]) holds q sᵀ on entry and the scores shifted
-// by their row's maximum on exit; the maxima go to row_max.
+// Forward pass 1 on tasks [b0, b1): `values` ([B, N, M]) holds q sᵀ on entry and the metric's
+// values on exit; `p` gets the scores shifted by their row's maximum, and row_max the maxima.
 template <class T, int64_t metric>
-FEWCORE_CPU_CLONES void shifted_scores(const SmallTasks<T>& t, T inv_temperature, T* p, T* row_max, int64_t b0,
-                                       int64_t b1) {
+FEWCORE_CPU_CLONES void shifted_scores(const SmallTasks<T>& t, T inv_temperature, T* values, T* p, T* row_max,
+                                       int64_t b0, int64_t b1) {
   const int64_t N = t.N, M = t.M, D = t.D;
   for (int64_t b = b0; b < b1; ++b) {
-    cpu::apply_metric<T>(metric, p + b * N * M, M, N, M, t.q + b * N * D, t.s + b * M * D, t.nq ? t.nq + b * N : nullptr,
-                         t.ns ? t.ns + b * M : nullptr, D);
+    cpu::apply_metric<T>(metric, values + b * N * M, M, N, M, t.q + b * N * D, t.s + b * M * D,
+                         t.nq ? t.nq + b * N : nullptr, t.ns ? t.ns + b * M : nullptr, D);
     for (int64_t i = b * N; i < (b + 1) * N; ++i) {
+      const T* value = values + i * M;
       T* row = p + i * M;
       T max = -INFINITY;
 #pragma omp simd reduction(max : max)
       for (int64_t j = 0; j < M; ++j) {
-        row[j] = attention_score(metric, row[j], inv_temperature);
+        row[j] = attention_score(metric, value[j], inv_temperature);
         max = std::max(max, row[j]);
       }
 #pragma omp simd
@@ -181,19 +182,21 @@ FEWCORE_CPU_CLONES void normalize_rows(T* p, T* lse, int64_t begin, int64_t end,
   }
 }
 
-// Forward of whole tasks (contiguous chunks q [b, N, D], s, v; out [b, N, C], lse [b, N]).
+// Forward of whole tasks (contiguous chunks q [b, N, D], s, v; out [b, N, C], lse [b, N], and
+// values [b, N, M], which gets the metric's values).
 template <class T, int64_t metric>
 void forward_small(T inv_temperature, const at::Tensor& q, const at::Tensor& s, const at::Tensor& v, at::Tensor out,
-                   at::Tensor lse) {
+                   at::Tensor lse, at::Tensor values) {
   const int64_t B = q.size(0), N = q.size(1), M = s.size(1);
   const at::Tensor nq = cpu::metric_norms(q, metric), ns = cpu::metric_norms(s, metric);
   const SmallTasks<T> tasks{q.data_ptr<T>(), s.data_ptr<T>(), data_or_null<T>(nq), data_or_null<T>(ns), N, M, q.size(2)};
-  at::Tensor probs = scores_product(q, s);
+  at::bmm_out(values, q, s.transpose(1, 2));
+  at::Tensor probs = at::empty_like(values);
   T* p = probs.data_ptr<T>();
   T* row_max = lse.data_ptr<T>();
   const int64_t grain = cpu::grain_for(N * M * 8);
   at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
-    shifted_scores<T, metric>(tasks, inv_temperature, p, row_max, begin, end);
+    shifted_scores<T, metric>(tasks, inv_temperature, values.data_ptr<T>(), p, row_max, begin, end);
   });
   probs.exp_();  // ATen's vectorized exp
   at::parallel_for(0, B * N, grain / N + 1, [&](int64_t begin, int64_t end) { normalize_rows<T>(p, row_max, begin, end, M); });
@@ -213,15 +216,17 @@ struct SmallBackward {
   T* col_sum;
 };
 
-// Backward pass 1 on tasks [b0, b1): the metric's values, the probabilities' exponents and δ.
+// Backward pass 1 on tasks [b0, b1): the metric's values (from q sᵀ in w.val, unless the forward
+// saved them there), the probabilities' exponents and δ.
 template <class T, int64_t metric>
-FEWCORE_CPU_CLONES void backward_exponents(const SmallTasks<T>& t, const SmallBackward<T>& w, T inv_temperature,
-                                           const T* lse, const T* dout, const T* out, int64_t C, int64_t b0,
-                                           int64_t b1) {
+FEWCORE_CPU_CLONES void backward_exponents(const SmallTasks<T>& t, const SmallBackward<T>& w, bool values_saved,
+                                           T inv_temperature, const T* lse, const T* dout, const T* out, int64_t C,
+                                           int64_t b0, int64_t b1) {
   const int64_t N = t.N, M = t.M, D = t.D;
   for (int64_t b = b0; b < b1; ++b) {
-    cpu::apply_metric<T>(metric, w.val + b * N * M, M, N, M, t.q + b * N * D, t.s + b * M * D,
-                         t.nq ? t.nq + b * N : nullptr, t.ns ? t.ns + b * M : nullptr, D);
+    if (!values_saved)
+      cpu::apply_metric<T>(metric, w.val + b * N * M, M, N, M, t.q + b * N * D, t.s + b * M * D,
+                           t.nq ? t.nq + b * N : nullptr, t.ns ? t.ns + b * M : nullptr, D);
     for (int64_t i = b * N; i < (b + 1) * N; ++i) {
       const T* val = w.val + i * M;  // in locals, as in softmax_backward
       T* prob = w.prob + i * M;
@@ -288,15 +293,19 @@ FEWCORE_CPU_CLONES void softmax_backward(const SmallTasks<T>& t, const SmallBack
   }
 }
 
-// Backward of whole tasks (contiguous chunks; dq, ds, dv are written, not accumulated).
+// Backward of whole tasks (contiguous chunks; dq, ds, dv are written, not accumulated). `saved`:
+// the forward's metric values of the chunk, or undefined to recompute them.
 template <class T, int64_t metric>
 void backward_small(T inv_temperature, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& s,
-                    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, at::Tensor dq, at::Tensor ds,
-                    at::Tensor dv) {
+                    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& saved,
+                    at::Tensor dq, at::Tensor ds, at::Tensor dv) {
   const int64_t B = q.size(0), N = q.size(1), M = s.size(1);
-  const at::Tensor nq = cpu::metric_norms(q, metric), ns = cpu::metric_norms(s, metric);
+  const bool values_saved = saved.defined();
+  // Norms for the values (when recomputed) and for cosine's coefficients.
+  const int64_t norms_for = values_saved && metric != kCosine ? int64_t{kDot} : metric;
+  const at::Tensor nq = cpu::metric_norms(q, norms_for), ns = cpu::metric_norms(s, norms_for);
   const SmallTasks<T> tasks{q.data_ptr<T>(), s.data_ptr<T>(), data_or_null<T>(nq), data_or_null<T>(ns), N, M, q.size(2)};
-  at::Tensor values = scores_product(q, s);
+  const at::Tensor values = values_saved ? saved : scores_product(q, s);
   at::Tensor coeffs = at::bmm(dout, v.transpose(1, 2));  // dP = dO vᵀ
   at::Tensor probs = at::empty_like(values);
   std::vector<T> row_sum(B * N, T(0)), col_sum(B * M, T(0)), delta(B * N);
@@ -304,7 +313,7 @@ void backward_small(T inv_temperature, const at::Tensor& dout, const at::Tensor&
                               delta.data(),         row_sum.data(),      col_sum.data()};
   const int64_t grain = cpu::grain_for(N * M * 8);
   at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
-    backward_exponents<T, metric>(tasks, work, inv_temperature, lse.data_ptr<T>(), dout.data_ptr<T>(),
+    backward_exponents<T, metric>(tasks, work, values_saved, inv_temperature, lse.data_ptr<T>(), dout.data_ptr<T>(),
                                   out.data_ptr<T>(), v.size(2), begin, end);
   });
   probs.exp_();
@@ -316,8 +325,9 @@ void backward_small(T inv_temperature, const at::Tensor& dout, const at::Tensor&
   at::bmm_out(dv, probs.transpose(1, 2), dout);
 }
 
-std::tuple<at::Tensor, at::Tensor> episode_attention_cpu(const at::Tensor& q_in, const at::Tensor& s_in,
-                                                         const at::Tensor& v_in, int64_t metric, double temperature) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_cpu(const at::Tensor& q_in, const at::Tensor& s_in,
+                                                                     const at::Tensor& v_in, int64_t metric,
+                                                                     double temperature, bool save_values) {
   check_attention_args(q_in, s_in, v_in, metric, temperature);
   const auto dtype = compute_dtype(q_in);
   const at::Tensor q = q_in.detach().to(dtype).contiguous();
@@ -327,18 +337,21 @@ std::tuple<at::Tensor, at::Tensor> episode_attention_cpu(const at::Tensor& q_in,
   at::Tensor out = at::empty({B, N, v.size(2)}, q.options());
   at::Tensor lse = at::empty({B, N}, q.options());
   const int64_t M = s.size(1);
-  if (N * M <= kSmallTaskEntries) {
+  // Saved values come from the small-task path, whatever the size (the caller asked for them).
+  const at::Tensor values = save_values ? at::empty({B, N, M}, q.options()) : at::empty({B, 0, 0}, q.options());
+  if (save_values || N * M <= kSmallTaskEntries) {
     const NoAutocast no_autocast;
     AT_DISPATCH_FLOATING_TYPES(dtype, "episode_attention_cpu", [&] {
       with_metric(metric, [&](auto constant) {
         for_each_chunk(B, N * M, [&](int64_t b0, int64_t b1) {
+          const at::Tensor chunk_values = save_values ? values.slice(0, b0, b1) : at::empty({b1 - b0, N, M}, q.options());
           forward_small<scalar_t, decltype(constant)::value>(scalar_t(1.0 / temperature), q.slice(0, b0, b1),
                                                              s.slice(0, b0, b1), v.slice(0, b0, b1),
-                                                             out.slice(0, b0, b1), lse.slice(0, b0, b1));
+                                                             out.slice(0, b0, b1), lse.slice(0, b0, b1), chunk_values);
         });
       });
     });
-    return {out.to(q_in.scalar_type()), lse};
+    return {out.to(q_in.scalar_type()), lse, values};
   }
   const at::Tensor nq = cpu::metric_norms(q, metric), ns = cpu::metric_norms(s, metric);
   const int64_t row_blocks = ceil_div(N, kRowBlock);
@@ -358,7 +371,7 @@ std::tuple<at::Tensor, at::Tensor> episode_attention_cpu(const at::Tensor& q_in,
       });
     });
   });
-  return {out.to(q_in.scalar_type()), lse};
+  return {out.to(q_in.scalar_type()), lse, values};
 }
 
 // Backward over queries [i0, i1) × support rows [j0, j1) of one task, tile by tile. Adds the
@@ -431,7 +444,8 @@ void backward_range(const Task<T>& t, int64_t metric, T inv_temperature, const a
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_backward_cpu(
     const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor& s_in, const at::Tensor& v_in,
-    const at::Tensor& out_in, const at::Tensor& lse_in, int64_t metric, double temperature) {
+    const at::Tensor& out_in, const at::Tensor& lse_in, const at::Tensor& values_in, int64_t metric,
+    double temperature) {
   check_attention_args(q_in, s_in, v_in, metric, temperature);
   const auto dtype = compute_dtype(q_in);
   const at::Tensor q = q_in.detach().to(dtype).contiguous();
@@ -445,8 +459,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_backward_cpu(
               at::IntArrayRef{B, N, v.size(2)}, "; got ", dout.sizes(), " and ", out_in.sizes());
   TORCH_CHECK(lse.dim() == 2 && lse.size(0) == B && lse.size(1) == N,
               "_episode_attention_backward: lse must be [B, N]; got ", lse.sizes());
-  if (N * M <= kSmallTaskEntries) {
+  const bool values_saved = values_in.numel() > 0;
+  TORCH_CHECK(values_in.dim() == 3 && values_in.size(0) == B &&
+                  (values_saved ? values_in.size(1) == N && values_in.size(2) == M : values_in.numel() == 0),
+              "_episode_attention_backward: values must be the forward's [B, N, M] = ", at::IntArrayRef{B, N, M},
+              " or an empty [B, 0, 0]; got ", values_in.sizes());
+  if (values_saved || N * M <= kSmallTaskEntries) {
     const at::Tensor out = out_in.detach().to(dtype).contiguous();
+    const at::Tensor values = values_saved ? values_in.detach().to(dtype).contiguous() : at::Tensor();
     at::Tensor dq = at::empty_like(q), ds = at::empty_like(s), dv = at::empty_like(v);
     const NoAutocast no_autocast;
     AT_DISPATCH_FLOATING_TYPES(dtype, "episode_attention_backward_cpu", [&] {
@@ -454,8 +474,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_backward_cpu(
         for_each_chunk(B, N * M, [&](int64_t b0, int64_t b1) {
           backward_small<scalar_t, decltype(constant)::value>(
               scalar_t(1.0 / temperature), dout.slice(0, b0, b1), q.slice(0, b0, b1), s.slice(0, b0, b1),
-              v.slice(0, b0, b1), out.slice(0, b0, b1), lse.slice(0, b0, b1), dq.slice(0, b0, b1),
-              ds.slice(0, b0, b1), dv.slice(0, b0, b1));
+              v.slice(0, b0, b1), out.slice(0, b0, b1), lse.slice(0, b0, b1),
+              values_saved ? values.slice(0, b0, b1) : at::Tensor(), dq.slice(0, b0, b1), ds.slice(0, b0, b1),
+              dv.slice(0, b0, b1));
         });
       });
     });

@@ -126,9 +126,12 @@ __global__ void attention_backward_kernel(const T* __restrict__ q, const T* __re
   for (int64_t k = threadIdx.x; k < D; k += kThreads) own_grad[k] += factor * own_rows[own * D + k];
 }
 
-std::tuple<at::Tensor, at::Tensor> episode_attention_cuda(const at::Tensor& q_in, const at::Tensor& s_in,
-                                                          const at::Tensor& v_in, int64_t metric, double temperature) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_cuda(const at::Tensor& q_in, const at::Tensor& s_in,
+                                                                      const at::Tensor& v_in, int64_t metric,
+                                                                      double temperature, bool save_values) {
   check_attention_args(q_in, s_in, v_in, metric, temperature);
+  // One query per block streams over the support rows; its scores are never all in one place.
+  TORCH_CHECK(!save_values, "episode_attention: save_values is for the CPU kernels; the CUDA backward recomputes the scores");
   const c10::cuda::CUDAGuard guard(q_in.device());
   const auto dtype = compute_dtype(q_in);
   const at::Tensor q = q_in.detach().to(dtype).contiguous();
@@ -137,7 +140,8 @@ std::tuple<at::Tensor, at::Tensor> episode_attention_cuda(const at::Tensor& q_in
   const int64_t B = q.size(0), N = q.size(1), M = s.size(1), D = q.size(2), C = v.size(2);
   at::Tensor out = at::empty({B, N, C}, q.options());
   at::Tensor lse = at::empty({B, N}, q.options());
-  if (B * N == 0) return {out.to(q_in.scalar_type()), lse};
+  const at::Tensor values = at::empty({B, 0, 0}, q.options());
+  if (B * N == 0) return {out.to(q_in.scalar_type()), lse, values};
   TORCH_CHECK(B * N < (int64_t{1} << 31), "episode_attention: B * N = ", B * N, " is too large for one launch");
   const at::Tensor nq = metric_norms(q, metric), ns = metric_norms(s, metric);
   AT_DISPATCH_FLOATING_TYPES(dtype, "episode_attention_cuda", [&] {
@@ -147,13 +151,16 @@ std::tuple<at::Tensor, at::Tensor> episode_attention_cuda(const at::Tensor& q_in
         out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), N, M, D, C, metric, scalar_t(1.0 / temperature));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {out.to(q_in.scalar_type()), lse};
+  return {out.to(q_in.scalar_type()), lse, values};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_backward_cuda(
     const at::Tensor& dout_in, const at::Tensor& q_in, const at::Tensor& s_in, const at::Tensor& v_in,
-    const at::Tensor& out_in, const at::Tensor& lse_in, int64_t metric, double temperature) {
+    const at::Tensor& out_in, const at::Tensor& lse_in, const at::Tensor& values, int64_t metric,
+    double temperature) {
   check_attention_args(q_in, s_in, v_in, metric, temperature);
+  TORCH_CHECK(values.numel() == 0, "_episode_attention_backward: the CUDA kernels take no saved values (got ",
+              values.sizes(), ")");
   const c10::cuda::CUDAGuard guard(q_in.device());
   const auto dtype = compute_dtype(q_in);
   const at::Tensor q = q_in.detach().to(dtype).contiguous();

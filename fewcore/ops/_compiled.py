@@ -56,11 +56,13 @@ def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
 
 @torch.library.register_fake("fewcore::episode_attention")
 def _episode_attention_fake(
-    q: torch.Tensor, s: torch.Tensor, v: torch.Tensor, metric: int, temperature: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+    q: torch.Tensor, s: torch.Tensor, v: torch.Tensor, metric: int, temperature: float, save_values: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_fake(q, s, v)
     out = q.new_empty((q.shape[0], q.shape[1], v.shape[2]))
-    return out, q.new_empty((q.shape[0], q.shape[1]), dtype=_lse_dtype(q.dtype))
+    compute = _lse_dtype(q.dtype)
+    values_shape = (q.shape[0], q.shape[1], s.shape[1]) if save_values else (q.shape[0], 0, 0)
+    return out, q.new_empty((q.shape[0], q.shape[1]), dtype=compute), q.new_empty(values_shape, dtype=compute)
 
 
 @torch.library.register_fake("fewcore::_episode_attention_backward")
@@ -71,6 +73,7 @@ def _episode_attention_backward_fake(
     v: torch.Tensor,
     out: torch.Tensor,
     lse: torch.Tensor,
+    values: torch.Tensor,
     metric: int,
     temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -102,7 +105,7 @@ torch.library.register_vmap("fewcore::pairwise_distance", _fold_vmap(_ops.pairwi
 torch.library.register_vmap("fewcore::_pairwise_distance_backward", _fold_vmap(_ops._pairwise_distance_backward, 4))
 torch.library.register_vmap("fewcore::episode_attention", _fold_vmap(_ops.episode_attention, 3))
 torch.library.register_vmap(
-    "fewcore::_episode_attention_backward", _fold_vmap(_ops._episode_attention_backward, 6)
+    "fewcore::_episode_attention_backward", _fold_vmap(_ops._episode_attention_backward, 7)
 )
 
 
@@ -223,13 +226,13 @@ _pairwise_distance = _autograd_function("PairwiseDistance", _pairwise_forward, _
 
 def _attention_backward_forward(
     grad: torch.Tensor, q: torch.Tensor, s: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-    metric: int, temperature: float,
+    values: torch.Tensor, metric: int, temperature: float,
 ) -> Any:
-    return _ops._episode_attention_backward(grad, q, s, v, out, lse, metric, temperature)
+    return _ops._episode_attention_backward(grad, q, s, v, out, lse, values, metric, temperature)
 
 
 def _attention_backward_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-    grad, q, s, v, _, _, metric, temperature = inputs
+    grad, q, s, v, _, _, _, metric, temperature = inputs
     ctx.save_for_backward(grad, q, s, v)
     ctx.metric, ctx.temperature = metric, temperature
 
@@ -243,7 +246,8 @@ def _attention_backward_backward(
         return _reference.episode_attention(a, b, c, METRICS[ctx.metric], ctx.temperature)
 
     d_grad, d_q, d_s, d_v = _second_order(reference, (q, s, v), grad, (grad_gq, grad_gs, grad_gv))
-    return d_grad, d_q, d_s, d_v, None, None, None, None
+    # out, lse and values are functions of q, s and v whose influence the reference accounts for.
+    return d_grad, d_q, d_s, d_v, None, None, None, None, None
 
 
 _episode_attention_backward = _autograd_function(
@@ -251,21 +255,36 @@ _episode_attention_backward = _autograd_function(
 )
 
 
+# Tasks of at most this many scores take the CPU kernels' whole-task path (kSmallTaskEntries in
+# csrc/cpu/episode_attention_cpu.cpp), whose forward saves the metric's values for the backward:
+# recomputing them would cost a product as large as the forward's. Larger tasks stream (the
+# scores are never all stored), and the CUDA kernels always recompute.
+_SAVED_VALUES_MAX_ENTRIES = 1 << 16
+
+
 def _attention_forward(q: torch.Tensor, s: torch.Tensor, v: torch.Tensor, metric: int, temperature: float) -> Any:
-    return _ops.episode_attention(q, s, v, metric, temperature)
+    save_values = q.device.type == "cpu" and q.shape[1] * s.shape[1] <= _SAVED_VALUES_MAX_ENTRIES
+    return _ops.episode_attention(q, s, v, metric, temperature, save_values)
 
 
 def _attention_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
     q, s, v, metric, temperature = inputs
-    out, lse = output
-    ctx.save_for_backward(q, s, v, out, lse)
+    out, lse, values = output
+    ctx.save_for_backward(q, s, v, out, lse, values)
     ctx.metric, ctx.temperature = metric, temperature
-    ctx.mark_non_differentiable(lse)
+    ctx.mark_non_differentiable(lse, values)
+    # No zero-filled gradients for lse and values: the backward ignores them, and filling a
+    # [B, N, M] tensor with zeros costs as much as the softmax.
+    ctx.set_materialize_grads(False)
 
 
-def _attention_backward(ctx: Any, grad: torch.Tensor, _grad_lse: torch.Tensor | None) -> tuple[Any, ...]:
-    q, s, v, out, lse = ctx.saved_tensors
-    gq, gs, gv = _episode_attention_backward(grad, q, s, v, out, lse, ctx.metric, ctx.temperature)
+def _attention_backward(
+    ctx: Any, grad: torch.Tensor | None, _grad_lse: torch.Tensor | None, _grad_values: torch.Tensor | None
+) -> tuple[Any, ...]:
+    if grad is None:  # out's gradient is undefined too (grads are not materialized): none flows back
+        return None, None, None, None, None
+    q, s, v, out, lse, values = ctx.saved_tensors
+    gq, gs, gv = _episode_attention_backward(grad, q, s, v, out, lse, values, ctx.metric, ctx.temperature)
     return gq, gs, gv, None, None
 
 
@@ -292,5 +311,5 @@ def episode_attention(
 ) -> torch.Tensor:
     """See :func:`fewcore.ops.episode_attention`; arguments already validated."""
     q3, s3, v3 = _as_batch((q, s, v), batch)
-    out, _ = _episode_attention(q3, s3, v3, metric, temperature)
+    out, _, _ = _episode_attention(q3, s3, v3, metric, temperature)
     return out if batched else out.squeeze(0)

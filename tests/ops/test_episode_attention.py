@@ -109,17 +109,41 @@ def test_opcheck(metric: int) -> None:
     q = torch.randn(2, 4, 3, generator=gen)
     s = torch.randn(2, 5, 3, generator=gen)
     v = torch.randn(2, 5, 2, generator=gen)
-    out, lse = torch.ops.fewcore.episode_attention(q, s, v, metric, 0.5)
-    torch.library.opcheck(torch.ops.fewcore.episode_attention.default, (q, s, v, metric, 0.5))
-    torch.library.opcheck(
-        torch.ops.fewcore._episode_attention_backward.default,
-        (torch.randn_like(out), q, s, v, out, lse, metric, 0.5),
-    )
+    for save_values in (False, True):
+        out, lse, values = torch.ops.fewcore.episode_attention(q, s, v, metric, 0.5, save_values)
+        torch.library.opcheck(torch.ops.fewcore.episode_attention.default, (q, s, v, metric, 0.5, save_values))
+        torch.library.opcheck(
+            torch.ops.fewcore._episode_attention_backward.default,
+            (torch.randn_like(out), q, s, v, out, lse, values, metric, 0.5),
+        )
+
+
+@pytest.mark.parametrize("metric", [0, 1, 2, 3])
+def test_saved_values_are_the_metric_and_give_the_same_gradients(metric: int) -> None:
+    """The forward's saved values (CPU, small tasks) spare the backward their recomputation."""
+    gen = torch.Generator().manual_seed(4)
+    q, s, v = (torch.randn(3, rows, width, generator=gen, dtype=torch.float64) for rows, width in ((6, 4), (5, 4), (5, 2)))
+    out, lse, values = torch.ops.fewcore.episode_attention(q, s, v, metric, 0.5, True)
+    torch.testing.assert_close(values, reference.pairwise_distance(q, s, ops.METRICS[metric]))
+    _, _, empty = torch.ops.fewcore.episode_attention(q, s, v, metric, 0.5, False)
+    assert empty.shape == (3, 0, 0)
+    grad = torch.randn_like(out)
+    saved = torch.ops.fewcore._episode_attention_backward(grad, q, s, v, out, lse, values, metric, 0.5)
+    recomputed = torch.ops.fewcore._episode_attention_backward(grad, q, s, v, out, lse, empty, metric, 0.5)
+    for a, b in zip(saved, recomputed):
+        torch.testing.assert_close(a, b)
+
+
+def test_saved_values_of_the_wrong_shape_are_refused() -> None:
+    q, s, v = torch.randn(2, 4, 3), torch.randn(2, 5, 3), torch.randn(2, 5, 2)
+    out, lse, values = torch.ops.fewcore.episode_attention(q, s, v, 2, 1.0, True)
+    with pytest.raises(RuntimeError, match=r"values must be the forward's \[B, N, M\] = \[2, 4, 5\]"):
+        torch.ops.fewcore._episode_attention_backward(torch.ones_like(out), q, s, v, out, lse, values[:, :3], 2, 1.0)
 
 
 def test_log_sum_exp_is_saved() -> None:
     q, s, v = torch.randn(2, 4, 3), torch.randn(2, 5, 3), torch.randn(2, 5, 2)
-    _, lse = torch.ops.fewcore.episode_attention(q, s, v, 3, 0.5)
+    _, lse, _ = torch.ops.fewcore.episode_attention(q, s, v, 3, 0.5)
     torch.testing.assert_close(lse, torch.logsumexp(q @ s.transpose(1, 2) / 0.5, dim=-1))
 
 
