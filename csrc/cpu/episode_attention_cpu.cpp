@@ -238,22 +238,6 @@ FEWCORE_CPU_CLONES void backward_exponents(const SmallTasks<T>& t, const SmallBa
   }
 }
 
-// dst[r] = ra_r · sums[r] · src[r] for `rows` rows of length d (math.h: the a_i x_i term of a
-// gradient); zero for dot. `norms` (cosine norms) is read only for cosine.
-template <class T>
-FEWCORE_CPU_INLINE void scale_rows(int64_t metric, T* dst, const T* src, const T* sums, const T* norms, int64_t rows,
-                                   int64_t d) {
-  if (metric == kDot) {  // no a_i term; zeros, not 0 · q, which would turn an Inf in q into NaN
-    std::fill(dst, dst + rows * d, T(0));
-    return;
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    const T factor = (metric == kCosine ? row_factor(metric, norms[r]) : T(1)) * sums[r];
-#pragma omp simd
-    for (int64_t k = 0; k < d; ++k) dst[r * d + k] = factor * src[r * d + k];
-  }
-}
-
 // Backward pass 2 on tasks [b0, b1): softmax backward dS = P (dP − δ), onto the metric's
 // coefficients G (in place of dP) and the row and column sums of the weights W (math.h); then
 // the a_i q_i and b_j s_j terms written into dq and ds (the products are added after).
@@ -288,8 +272,8 @@ FEWCORE_CPU_CLONES void softmax_backward(const SmallTasks<T>& t, const SmallBack
       }
       w.row_sum[i] = sum;
     }
-    scale_rows<T>(metric, dq + b * N * D, t.q + b * N * D, w.row_sum + b * N, nq ? nq + b * N : nullptr, N, D);
-    scale_rows<T>(metric, ds + b * M * D, t.s + b * M * D, col, ns ? ns + b * M : nullptr, M, D);
+    cpu::scale_rows<T>(metric, dq + b * N * D, t.q + b * N * D, w.row_sum + b * N, nq ? nq + b * N : nullptr, N, D);
+    cpu::scale_rows<T>(metric, ds + b * M * D, t.s + b * M * D, col, ns ? ns + b * M : nullptr, M, D);
   }
 }
 

@@ -65,29 +65,37 @@ const T* cosine_norms(const at::Tensor& norms, int64_t metric, int64_t offset) {
   return metric == kCosine ? norms.data_ptr<T>() + offset : nullptr;
 }
 
-// One task's G (math.h) and the row and column factors a_i = ra_i Σ_j W_ij, c_j = rb_j Σ_i W_ij
-// (c starts at zero).
+// Tasks [b0, b1) of the small backward: G (math.h) and the row and column sums of the weights W
+// (a, c; c starts at zero), then the a_i x_i and b_j y_j terms written into gx and gy (the
+// products are added after). nx and ny are the rows' cosine norms (null for the distances).
 template <class T>
-FEWCORE_CPU_CLONES void task_coefficients(int64_t metric, const T* grad, const T* out, const T* nx, const T* ny, T* G,
-                                          T* a, T* c, int64_t N, int64_t M) {
-  const bool cosine = metric == kCosine;
-  for (int64_t i = 0; i < N; ++i) {
-    const T n_row = cosine ? nx[i] : T(1);
-    T sum = 0;
+FEWCORE_CPU_CLONES void task_coefficients(int64_t metric, const T* grad, const T* out, const T* x, const T* y,
+                                          const T* nx, const T* ny, T* G, T* a, T* c, T* gx, T* gy, int64_t b0,
+                                          int64_t b1, int64_t N, int64_t M, int64_t D) {
+  for (int64_t b = b0; b < b1; ++b) {
+    const T* nx_b = nx ? nx + b * N : nullptr;
+    const T* ny_b = ny ? ny + b * M : nullptr;
+    T* c_b = c + b * M;
+    for (int64_t i = 0; i < N; ++i) {
+      const int64_t row = (b * N + i) * M;
+      const T* g = grad + row;  // row pointers in locals, so that the loop vectorizes
+      const T* o = out + row;
+      T* G_row = G + row;
+      const T n_row = nx_b ? nx_b[i] : T(1);
+      T sum = 0;
 #pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < M; ++j) {
-      const int64_t e = i * M + j;
-      const T n_col = cosine ? ny[j] : T(1);
-      G[e] = matrix_coefficient(metric, grad[e], out[e], n_row, n_col);
-      const T w = reduction_weight(metric, grad[e], out[e], n_row, n_col);
-      sum += w;
-      c[j] += w;
+      for (int64_t j = 0; j < M; ++j) {
+        const T n_col = ny_b ? ny_b[j] : T(1);
+        G_row[j] = matrix_coefficient(metric, g[j], o[j], n_row, n_col);
+        const T w = reduction_weight(metric, g[j], o[j], n_row, n_col);
+        sum += w;
+        c_b[j] += w;
+      }
+      a[b * N + i] = sum;
     }
-    a[i] = sum;
+    cpu::scale_rows<T>(metric, gx + b * N * D, x + b * N * D, a + b * N, nx_b, N, D);
+    cpu::scale_rows<T>(metric, gy + b * M * D, y + b * M * D, c_b, ny_b, M, D);
   }
-  if (!cosine) return;  // row_factor is 1
-  for (int64_t i = 0; i < N; ++i) a[i] *= row_factor(metric, nx[i]);
-  for (int64_t j = 0; j < M; ++j) c[j] *= row_factor(metric, ny[j]);
 }
 
 // gx_i = Σ_j G_ij y_j + a_i x_i and gy_j = Σ_i G_ij x_i + b_j y_j (math.h): pass 1 fills G and
@@ -114,19 +122,19 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
   at::Tensor G = dot ? grad : at::empty_like(grad);
   if (N * M <= cpu::kBatchedProductEntries) {
     // Small tasks: coefficients task by task, then the products as batched BLAS calls, each
-    // accumulating onto a_i x_i (or b_j y_j) written straight into the gradient.
+    // accumulating onto a_i x_i (or b_j y_j) written straight into the gradient (a broadcasting
+    // at::mul for those terms cost more than the rest of the backward).
     if (dot) return {at::bmm(grad, y).to(x_in.scalar_type()), at::bmm(grad.transpose(1, 2), x).to(y_in.scalar_type())};
     at::Tensor a = at::empty({B, N}, x.options()), c = at::zeros({B, M}, x.options());
+    at::Tensor gx = at::empty_like(x), gy = at::empty_like(y);
     AT_DISPATCH_FLOATING_TYPES(dtype, "pairwise_distance_backward_cpu", [&] {
       using T = scalar_t;
       at::parallel_for(0, B, cpu::grain_for(N * M * 4), [&](int64_t begin, int64_t end) {
-        for (int64_t b = begin; b < end; ++b)
-          task_coefficients<T>(metric, grad.data_ptr<T>() + b * N * M, out.data_ptr<T>() + b * N * M,
-                               cosine_norms<T>(nx, metric, b * N), cosine_norms<T>(ny, metric, b * M),
-                               G.data_ptr<T>() + b * N * M, a.data_ptr<T>() + b * N, c.data_ptr<T>() + b * M, N, M);
+        task_coefficients<T>(metric, grad.data_ptr<T>(), out.data_ptr<T>(), x.data_ptr<T>(), y.data_ptr<T>(),
+                             cosine_norms<T>(nx, metric, 0), cosine_norms<T>(ny, metric, 0), G.data_ptr<T>(),
+                             a.data_ptr<T>(), c.data_ptr<T>(), gx.data_ptr<T>(), gy.data_ptr<T>(), begin, end, N, M, D);
       });
     });
-    at::Tensor gx = at::mul(x, a.unsqueeze(-1)), gy = at::mul(y, c.unsqueeze(-1));
     gx.baddbmm_(G, y);
     gy.baddbmm_(G.transpose(1, 2), x);
     return {gx.to(x_in.scalar_type()), gy.to(y_in.scalar_type())};

@@ -137,6 +137,22 @@ FEWCORE_CPU_INLINE void add_scaled_rows(T* grad, const T* rows, const T* sums, c
   }
 }
 
+// dst[r] = ra_r · sums[r] · src[r] for `rows` rows of length d (math.h: the a_i x_i term of a
+// gradient); zero for dot. `norms` (cosine norms) is read only for cosine.
+template <class T>
+FEWCORE_CPU_INLINE void scale_rows(int64_t metric, T* dst, const T* src, const T* sums, const T* norms, int64_t rows,
+                                   int64_t d) {
+  if (metric == kDot) {  // no a_i term; zeros, not 0 · q, which would turn an Inf in q into NaN
+    std::fill(dst, dst + rows * d, T(0));
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const T factor = (metric == kCosine ? row_factor(metric, norms[r]) : T(1)) * sums[r];
+#pragma omp simd
+    for (int64_t k = 0; k < d; ++k) dst[r * d + k] = factor * src[r * d + k];
+  }
+}
+
 // Turns o[j] = x · y_j (j < M) into the metric in place. nx and ny are the rows' metric_norms
 // (ops.h); x and y (the [M, d] rows y_j) are read only to recompute cancelled distances exactly.
 template <class T>
