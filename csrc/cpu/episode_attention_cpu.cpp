@@ -1,7 +1,8 @@
 // episode_attention on the CPU, flash-attention style: per tile of queries × support rows a BLAS
 // product, the metric epilogue and an online softmax (math.h); the [N, M] scores are never stored.
 // The backward recomputes each tile's probabilities from the saved log-sum-exp. Tasks whose
-// scores fit in cache (episode sizes) take a whole-task path instead: see forward_small.
+// scores fit in cache (episode sizes) take a whole-task path instead (see forward_small), whose
+// forward can save the metric's values so that the backward does not compute them again.
 #include <ATen/Parallel.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>

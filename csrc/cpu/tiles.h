@@ -8,8 +8,9 @@
 // The kernels' element loops are compiled for several instruction sets and picked at load time:
 // the x86-64 baseline's four-float vectors would halve or quarter their speed. The clones are
 // chosen by instruction-set feature, not by CPU model ("arch=..."): GCC matches an arch= clone
-// with __builtin_cpu_is, which a virtual machine's or a newer model's CPU fails, so such a
-// machine ran the baseline clone although it has AVX-512 (seen on this project's CI machine).
+// with __builtin_cpu_is, which a virtual machine's or a newer model's CPU fails: the 2-core
+// machine fewcore is benchmarked on (AVX-512, reported as model 167) matched none and ran the
+// baseline clone.
 // FEWCORE_CPU_INLINE marks what the clones call, so that it is compiled into each of them.
 #if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
 #define FEWCORE_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -128,8 +129,8 @@ void addmm_tn(at::Tensor& c, const at::Tensor& a, const at::Tensor& b) {
 // grad[i] += row_factor(norms[i]) · sums[i − i0] · rows[i] for i in [i0, i1), rows of length d:
 // the a_i x_i term of the gradients (math.h). `norms` is read only for cosine (may be null else).
 template <class T>
-FEWCORE_CPU_INLINE void add_scaled_rows(T* grad, const T* rows, const T* sums, const T* norms, int64_t metric, int64_t i0, int64_t i1,
-                     int64_t d) {
+FEWCORE_CPU_INLINE void add_scaled_rows(T* grad, const T* rows, const T* sums, const T* norms, int64_t metric,
+                                        int64_t i0, int64_t i1, int64_t d) {
   for (int64_t i = i0; i < i1; ++i) {
     const T factor = (metric == kCosine ? row_factor(metric, norms[i]) : T(1)) * sums[i - i0];
 #pragma omp simd
