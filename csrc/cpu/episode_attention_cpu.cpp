@@ -42,8 +42,8 @@ Task<T> task(const at::Tensor& q, const at::Tensor& s, const at::Tensor& v, cons
 
 // Forward of queries [i0, i1) of one task: out rows and their log-sum-exp.
 template <class T, int64_t metric>
-void forward_rows(const Task<T>& t, T inv_temperature, int64_t i0, int64_t i1, at::Tensor out_rows,
-                  T* lse) {
+FEWCORE_CPU_CLONES void forward_rows(const Task<T>& t, T inv_temperature, int64_t i0, int64_t i1,
+                                     at::Tensor out_rows, T* lse) {
   const int64_t rows = i1 - i0, M = t.s.size(0), C = t.v.size(1);
   out_rows.zero_();
   T* acc = out_rows.data_ptr<T>();
@@ -364,9 +364,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_cpu(const at::T
 // ds and dv (when `cols_complete`: it spans all queries), so that the per-row reductions
 // (math.h: a_i, b_j) are finished inside the call and no two threads write the same rows.
 template <class T>
-void backward_range(const Task<T>& t, int64_t metric, T inv_temperature, const at::Tensor& dout, const T* lse,
-                    const T* delta, int64_t i0, int64_t i1, int64_t j0, int64_t j1, bool rows_complete,
-                    bool cols_complete, at::Tensor& dq, at::Tensor& ds, at::Tensor& dv) {
+FEWCORE_CPU_CLONES void backward_range(const Task<T>& t, int64_t metric, T inv_temperature, const at::Tensor& dout,
+                                       const T* lse, const T* delta, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
+                                       bool rows_complete, bool cols_complete, at::Tensor& dq, at::Tensor& ds,
+                                       at::Tensor& dv) {
   // Tile buffers no larger than the range: episode tasks are far smaller than a tile, and
   // allocating (and page-faulting) full tiles per task cost more than the arithmetic.
   const int64_t ld = std::min(j1 - j0, kColBlock);

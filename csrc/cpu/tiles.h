@@ -69,7 +69,7 @@ FEWCORE_CPU_INLINE T exact_sqdist(const T* a, const T* b, int64_t d) {
 
 // c[r, j] = Σ_k a[r, k] b[j, k]: a [R, K], b [J, K], c [R, J].
 template <class T>
-void matmul_nt(const at::Tensor& a, const at::Tensor& b, at::Tensor& c) {
+FEWCORE_CPU_INLINE void matmul_nt(const at::Tensor& a, const at::Tensor& b, at::Tensor& c) {
   const int64_t rows = a.size(0), cols = b.size(0), depth = a.size(1);
   if (rows * cols * depth > kDirectTileWork) {
     at::mm_out(c, a, b.t());
@@ -84,7 +84,7 @@ void matmul_nt(const at::Tensor& a, const at::Tensor& b, at::Tensor& c) {
 
 // c[r, k] += Σ_j a[r, j] b[j, k]: a [R, J], b [J, K], c [R, K].
 template <class T>
-void addmm_nn(at::Tensor& c, const at::Tensor& a, const at::Tensor& b) {
+FEWCORE_CPU_INLINE void addmm_nn(at::Tensor& c, const at::Tensor& a, const at::Tensor& b) {
   const int64_t rows = a.size(0), inner = a.size(1), cols = b.size(1);
   if (rows * inner * cols > kDirectTileWork) {
     c.addmm_(a, b);
@@ -106,7 +106,7 @@ void addmm_nn(at::Tensor& c, const at::Tensor& a, const at::Tensor& b) {
 
 // c[j, k] += Σ_r a[r, j] b[r, k]: a [R, J], b [R, K], c [J, K].
 template <class T>
-void addmm_tn(at::Tensor& c, const at::Tensor& a, const at::Tensor& b) {
+FEWCORE_CPU_INLINE void addmm_tn(at::Tensor& c, const at::Tensor& a, const at::Tensor& b) {
   const int64_t rows = a.size(0), inner = a.size(1), cols = b.size(1);
   if (rows * inner * cols > kDirectTileWork) {
     c.addmm_(a.t(), b);
@@ -192,8 +192,8 @@ FEWCORE_CPU_INLINE void apply_metric(int64_t metric, T* t, int64_t ld, int64_t r
 // tile[r, c] = metric(x_blk[r], y_blk[c]). x_blk [R, D] and y_blk [Cn, D] are contiguous rows;
 // tile is an [R, Cn] view with unit column stride; nx/ny point at the blocks' metric_norms.
 template <class T>
-void metric_tile(int64_t metric, const at::Tensor& x_blk, const at::Tensor& y_blk, const T* nx, const T* ny,
-                 at::Tensor& tile) {
+FEWCORE_CPU_INLINE void metric_tile(int64_t metric, const at::Tensor& x_blk, const at::Tensor& y_blk, const T* nx,
+                                    const T* ny, at::Tensor& tile) {
   matmul_nt<T>(x_blk, y_blk, tile);
   apply_metric<T>(metric, tile.data_ptr<T>(), tile.stride(0), tile.size(0), tile.size(1), x_blk.data_ptr<T>(),
                   y_blk.data_ptr<T>(), nx, ny, x_blk.size(1));
