@@ -75,8 +75,10 @@ def episode_attention(
 ) -> torch.Tensor:
     """Attention of each query over its task's support set: ``softmax(sim(q, s) / T) @ v``.
 
-    With ``v`` the one-hot support labels this is the Matching Networks read-out. The kernels
-    stream over the support set (online softmax), so the ``[N, M]`` score matrix is never stored.
+    With ``v`` the one-hot support labels this is the Matching Networks read-out. For large tasks
+    the kernels stream over the support set (online softmax), so the ``[N, M]`` score matrix is
+    never stored; episode-sized tasks on the CPU (N·M ≤ 65,536) are computed whole, and the
+    forward keeps their ``[B, N, M]`` scores for the backward.
 
     Args:
         q: queries ``[B, N, D]`` or ``[N, D]``.
