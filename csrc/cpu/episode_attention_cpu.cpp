@@ -100,10 +100,10 @@ struct NoAutocast {
   c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
 };
 
-// q sᵀ for a chunk of tasks, on the transposed view: BLAS takes it as a transposed operand, and
-// ATen's copy of a transposed view with short rows costs more than the product saves from it.
-at::Tensor scores_product(const at::Tensor& q, const at::Tensor& s) {
-  return at::bmm(q, s.transpose(1, 2));
+// values = q sᵀ for a chunk of tasks, on the transposed view: BLAS takes it as a transposed
+// operand, and ATen's copy of a transposed view with short rows costs more than the product saves.
+void scores_product(at::Tensor& values, const at::Tensor& q, const at::Tensor& s) {
+  at::bmm_out(values, q, s.transpose(1, 2));
 }
 
 // Calls fn(b0, b1) for consecutive chunks of the B tasks, each of at most kChunkEntries scores.
@@ -131,8 +131,8 @@ void with_metric(int64_t metric, const Fn& fn) {
   }
 }
 
-// A chunk of whole tasks in the compute dtype, contiguous: q [B, N, D], s [B, M, D], v [B, M, C]
-// and the rows' metric norms (null for dot).
+// A chunk of whole tasks in the compute dtype, contiguous: q [B, N, D], s [B, M, D], and the
+// rows' metric norms (null for dot).
 template <class T>
 struct SmallTasks {
   const T* q;
@@ -191,7 +191,7 @@ void forward_small(T inv_temperature, const at::Tensor& q, const at::Tensor& s, 
   const int64_t B = q.size(0), N = q.size(1), M = s.size(1);
   const at::Tensor nq = cpu::metric_norms(q, metric), ns = cpu::metric_norms(s, metric);
   const SmallTasks<T> tasks{q.data_ptr<T>(), s.data_ptr<T>(), data_or_null<T>(nq), data_or_null<T>(ns), N, M, q.size(2)};
-  at::bmm_out(values, q, s.transpose(1, 2));
+  scores_product(values, q, s);
   at::Tensor probs = at::empty_like(values);
   T* p = probs.data_ptr<T>();
   T* row_max = lse.data_ptr<T>();
@@ -290,7 +290,11 @@ void backward_small(T inv_temperature, const at::Tensor& dout, const at::Tensor&
   const int64_t norms_for = values_saved && metric != kCosine ? int64_t{kDot} : metric;
   const at::Tensor nq = cpu::metric_norms(q, norms_for), ns = cpu::metric_norms(s, norms_for);
   const SmallTasks<T> tasks{q.data_ptr<T>(), s.data_ptr<T>(), data_or_null<T>(nq), data_or_null<T>(ns), N, M, q.size(2)};
-  const at::Tensor values = values_saved ? saved : scores_product(q, s);
+  at::Tensor values = saved;
+  if (!values_saved) {
+    values = at::empty({B, N, M}, q.options());
+    scores_product(values, q, s);
+  }
   at::Tensor coeffs = at::bmm(dout, v.transpose(1, 2));  // dP = dO vᵀ
   at::Tensor probs = at::empty_like(values);
   std::vector<T> row_sum(B * N, T(0)), col_sum(B * M, T(0)), delta(B * N);
