@@ -306,7 +306,8 @@ void backward_small(T inv_temperature, const at::Tensor& dout, const at::Tensor&
                                   out.data_ptr<T>(), v.size(2), begin, end);
   });
   probs.exp_();
-  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+  // Pass 2 also writes the tasks' a_i q_i and b_j s_j rows.
+  at::parallel_for(0, B, cpu::grain_for(N * M * 8 + (N + M) * q.size(2)), [&](int64_t begin, int64_t end) {
     softmax_backward<T, metric>(tasks, work, inv_temperature, dq.data_ptr<T>(), ds.data_ptr<T>(), begin, end);
   });
   dq.baddbmm_(coeffs, s);

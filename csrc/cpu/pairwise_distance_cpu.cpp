@@ -129,7 +129,8 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
     at::Tensor gx = at::empty_like(x), gy = at::empty_like(y);
     AT_DISPATCH_FLOATING_TYPES(dtype, "pairwise_distance_backward_cpu", [&] {
       using T = scalar_t;
-      at::parallel_for(0, B, cpu::grain_for(N * M * 4), [&](int64_t begin, int64_t end) {
+      // Per task: the coefficients, then the a_i x_i and b_j y_j rows.
+      at::parallel_for(0, B, cpu::grain_for(N * M * 4 + (N + M) * D), [&](int64_t begin, int64_t end) {
         task_coefficients<T>(metric, grad.data_ptr<T>(), out.data_ptr<T>(), x.data_ptr<T>(), y.data_ptr<T>(),
                              cosine_norms<T>(nx, metric, 0), cosine_norms<T>(ny, metric, 0), G.data_ptr<T>(),
                              a.data_ptr<T>(), c.data_ptr<T>(), gx.data_ptr<T>(), gy.data_ptr<T>(), begin, end, N, M, D);
