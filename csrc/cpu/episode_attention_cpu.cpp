@@ -40,6 +40,19 @@ Task<T> task(const at::Tensor& q, const at::Tensor& s, const at::Tensor& v, cons
   return {q[b], s[b], v[b], nq.data_ptr<T>() + b * q.size(1), ns.data_ptr<T>() + b * s.size(1)};
 }
 
+// score[j] = attention_score(value[j]) for j < n (in place when score is value); returns their
+// maximum.
+template <class T, int64_t metric>
+FEWCORE_CPU_INLINE T scores_with_max(const T* value, T* score, int64_t n, T inv_temperature) {
+  T max = -INFINITY;
+#pragma omp simd reduction(max : max)
+  for (int64_t j = 0; j < n; ++j) {
+    score[j] = attention_score(metric, value[j], inv_temperature);
+    max = std::max(max, score[j]);
+  }
+  return max;
+}
+
 // Forward of queries [i0, i1) of one task: out rows and their log-sum-exp.
 template <class T, int64_t metric>
 FEWCORE_CPU_CLONES void forward_rows(const Task<T>& t, T inv_temperature, int64_t i0, int64_t i1,
@@ -59,12 +72,7 @@ FEWCORE_CPU_CLONES void forward_rows(const Task<T>& t, T inv_temperature, int64_
     T* p = tile.data_ptr<T>();
     for (int64_t r = 0; r < rows; ++r) {
       T* row = p + r * ld;
-      T block_max = -INFINITY;
-#pragma omp simd reduction(max : block_max)
-      for (int64_t c = 0; c < cols; ++c) {
-        row[c] = attention_score(metric, row[c], inv_temperature);
-        block_max = std::max(block_max, row[c]);
-      }
+      const T block_max = scores_with_max<T, metric>(row, row, cols, inv_temperature);
       const T scale = online_softmax_rescale(running_max[r], block_max);
       running_sum[r] *= scale;
       for (int64_t k = 0; k < C; ++k) acc[r * C + k] *= scale;
@@ -142,24 +150,25 @@ struct SmallTasks {
   int64_t N, M, D;
 };
 
+// Task b's metric values in place of its q sᵀ in `values` ([B, N, M]).
+template <class T, int64_t metric>
+FEWCORE_CPU_INLINE void task_metric(const SmallTasks<T>& t, T* values, int64_t b) {
+  const int64_t N = t.N, M = t.M, D = t.D;
+  cpu::apply_metric<T>(metric, values + b * N * M, M, N, M, t.q + b * N * D, t.s + b * M * D,
+                       t.nq ? t.nq + b * N : nullptr, t.ns ? t.ns + b * M : nullptr, D);
+}
+
 // Forward pass 1 on tasks [b0, b1): `values` ([B, N, M]) holds q sᵀ on entry and the metric's
 // values on exit; `p` gets the scores shifted by their row's maximum, and row_max the maxima.
 template <class T, int64_t metric>
 FEWCORE_CPU_CLONES void shifted_scores(const SmallTasks<T>& t, T inv_temperature, T* values, T* p, T* row_max,
                                        int64_t b0, int64_t b1) {
-  const int64_t N = t.N, M = t.M, D = t.D;
+  const int64_t N = t.N, M = t.M;
   for (int64_t b = b0; b < b1; ++b) {
-    cpu::apply_metric<T>(metric, values + b * N * M, M, N, M, t.q + b * N * D, t.s + b * M * D,
-                         t.nq ? t.nq + b * N : nullptr, t.ns ? t.ns + b * M : nullptr, D);
+    task_metric<T, metric>(t, values, b);
     for (int64_t i = b * N; i < (b + 1) * N; ++i) {
-      const T* value = values + i * M;
       T* row = p + i * M;
-      T max = -INFINITY;
-#pragma omp simd reduction(max : max)
-      for (int64_t j = 0; j < M; ++j) {
-        row[j] = attention_score(metric, value[j], inv_temperature);
-        max = std::max(max, row[j]);
-      }
+      const T max = scores_with_max<T, metric>(values + i * M, row, M, inv_temperature);
 #pragma omp simd
       for (int64_t j = 0; j < M; ++j) row[j] -= max;
       row_max[i] = max;
@@ -223,11 +232,9 @@ template <class T, int64_t metric>
 FEWCORE_CPU_CLONES void backward_exponents(const SmallTasks<T>& t, const SmallBackward<T>& w, bool values_saved,
                                            T inv_temperature, const T* lse, const T* dout, const T* out, int64_t C,
                                            int64_t b0, int64_t b1) {
-  const int64_t N = t.N, M = t.M, D = t.D;
+  const int64_t N = t.N, M = t.M;
   for (int64_t b = b0; b < b1; ++b) {
-    if (!values_saved)
-      cpu::apply_metric<T>(metric, w.val + b * N * M, M, N, M, t.q + b * N * D, t.s + b * M * D,
-                           t.nq ? t.nq + b * N : nullptr, t.ns ? t.ns + b * M : nullptr, D);
+    if (!values_saved) task_metric<T, metric>(t, w.val, b);
     for (int64_t i = b * N; i < (b + 1) * N; ++i) {
       const T* val = w.val + i * M;  // in locals, as in softmax_backward
       T* prob = w.prob + i * M;
@@ -273,8 +280,9 @@ FEWCORE_CPU_CLONES void softmax_backward(const SmallTasks<T>& t, const SmallBack
       }
       w.row_sum[i] = sum;
     }
-    cpu::scale_rows<T>(metric, dq + b * N * D, t.q + b * N * D, w.row_sum + b * N, nq ? nq + b * N : nullptr, N, D);
-    cpu::scale_rows<T>(metric, ds + b * M * D, t.s + b * M * D, col, ns ? ns + b * M : nullptr, M, D);
+    cpu::scaled_rows<false>(metric, dq + b * N * D, t.q + b * N * D, w.row_sum + b * N, nq ? nq + b * N : nullptr, 0, N,
+                            D);
+    cpu::scaled_rows<false>(metric, ds + b * M * D, t.s + b * M * D, col, ns_b, 0, M, D);
   }
 }
 
@@ -428,9 +436,9 @@ FEWCORE_CPU_CLONES void backward_range(const Task<T>& t, int64_t metric, T inv_t
   if (metric == kDot) return;
   const int64_t d = t.q.size(1);
   if (rows_complete)
-    cpu::add_scaled_rows(dq.data_ptr<T>(), t.q.template data_ptr<T>(), row_sum.data(), t.nq, metric, i0, i1, d);
+    cpu::scaled_rows<true>(metric, dq.data_ptr<T>(), t.q.template data_ptr<T>(), row_sum.data(), t.nq, i0, i1, d);
   if (cols_complete)
-    cpu::add_scaled_rows(ds.data_ptr<T>(), t.s.template data_ptr<T>(), col_sum.data(), t.ns, metric, j0, j1, d);
+    cpu::scaled_rows<true>(metric, ds.data_ptr<T>(), t.s.template data_ptr<T>(), col_sum.data(), t.ns, j0, j1, d);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_backward_cpu(

@@ -93,8 +93,8 @@ FEWCORE_CPU_CLONES void task_coefficients(int64_t metric, const T* grad, const T
       }
       a[b * N + i] = sum;
     }
-    cpu::scale_rows<T>(metric, gx + b * N * D, x + b * N * D, a + b * N, nx_b, N, D);
-    cpu::scale_rows<T>(metric, gy + b * M * D, y + b * M * D, c_b, ny_b, M, D);
+    cpu::scaled_rows<false>(metric, gx + b * N * D, x + b * N * D, a + b * N, nx_b, 0, N, D);
+    cpu::scaled_rows<false>(metric, gy + b * M * D, y + b * M * D, c_b, ny_b, 0, M, D);
   }
 }
 
@@ -171,8 +171,8 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
               sums[i - i0] += Wp[e];
             }
           }
-          cpu::add_scaled_rows(gx.data_ptr<T>() + b * N * D, x.data_ptr<T>() + b * N * D, sums.data(),
-                               cosine_norms<T>(nx, metric, b * N), metric, i0, i1, D);
+          cpu::scaled_rows<true>(metric, gx.data_ptr<T>() + b * N * D, x.data_ptr<T>() + b * N * D, sums.data(),
+                                 cosine_norms<T>(nx, metric, b * N), i0, i1, D);
         }
         cpu::addmm_nn<T>(gx_rows, G[b].slice(0, i0, i1), y[b]);
       }
@@ -188,8 +188,8 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
           const T* Wp = W.data_ptr<T>() + b * N * M;
           for (int64_t i = 0; i < N; ++i)
             for (int64_t j = j0; j < j1; ++j) sums[j - j0] += Wp[i * M + j];
-          cpu::add_scaled_rows(gy.data_ptr<T>() + b * M * D, y.data_ptr<T>() + b * M * D, sums.data(),
-                               cosine_norms<T>(ny, metric, b * M), metric, j0, j1, D);
+          cpu::scaled_rows<true>(metric, gy.data_ptr<T>() + b * M * D, y.data_ptr<T>() + b * M * D, sums.data(),
+                                 cosine_norms<T>(ny, metric, b * M), j0, j1, D);
         }
         cpu::addmm_tn<T>(gy_rows, G[b].slice(1, j0, j1), x[b]);
       }

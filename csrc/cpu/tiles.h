@@ -126,31 +126,23 @@ FEWCORE_CPU_INLINE void addmm_tn(at::Tensor& c, const at::Tensor& a, const at::T
   }
 }
 
-// grad[i] += row_factor(norms[i]) · sums[i − i0] · rows[i] for i in [i0, i1), rows of length d:
-// the a_i x_i term of the gradients (math.h). `norms` is read only for cosine (may be null else).
-template <class T>
-FEWCORE_CPU_INLINE void add_scaled_rows(T* grad, const T* rows, const T* sums, const T* norms, int64_t metric,
-                                        int64_t i0, int64_t i1, int64_t d) {
-  for (int64_t i = i0; i < i1; ++i) {
-    const T factor = (metric == kCosine ? row_factor(metric, norms[i]) : T(1)) * sums[i - i0];
-#pragma omp simd
-    for (int64_t k = 0; k < d; ++k) grad[i * d + k] += factor * rows[i * d + k];
-  }
-}
-
-// dst[r] = ra_r · sums[r] · src[r] for `rows` rows of length d (math.h: the a_i x_i term of a
-// gradient); zero for dot. `norms` (cosine norms) is read only for cosine.
-template <class T>
-FEWCORE_CPU_INLINE void scale_rows(int64_t metric, T* dst, const T* src, const T* sums, const T* norms, int64_t rows,
-                                   int64_t d) {
-  if (metric == kDot) {  // no a_i term; zeros, not 0 · q, which would turn an Inf in q into NaN
-    std::fill(dst, dst + rows * d, T(0));
+// dst[i] = (or += when `accumulate`) row_factor(norms[i]) · sums[i − i0] · src[i] for i in
+// [i0, i1), rows of length d: the a_i x_i term of the gradients (math.h). `norms` is read only
+// for cosine (may be null else). Dot has no such term: dst is zeroed (not 0 · src, which would
+// turn an Inf in src into NaN) or, when accumulating, left as it is.
+template <bool accumulate, class T>
+FEWCORE_CPU_INLINE void scaled_rows(int64_t metric, T* dst, const T* src, const T* sums, const T* norms, int64_t i0,
+                                    int64_t i1, int64_t d) {
+  if (metric == kDot) {
+    if (!accumulate) std::fill(dst + i0 * d, dst + i1 * d, T(0));
     return;
   }
-  for (int64_t r = 0; r < rows; ++r) {
-    const T factor = (metric == kCosine ? row_factor(metric, norms[r]) : T(1)) * sums[r];
+  for (int64_t i = i0; i < i1; ++i) {
+    const T factor = (metric == kCosine ? row_factor(metric, norms[i]) : T(1)) * sums[i - i0];
+    T* out = dst + i * d;
+    const T* in = src + i * d;
 #pragma omp simd
-    for (int64_t k = 0; k < d; ++k) dst[r * d + k] = factor * src[r * d + k];
+    for (int64_t k = 0; k < d; ++k) out[k] = accumulate ? out[k] + factor * in[k] : factor * in[k];
   }
 }
 
