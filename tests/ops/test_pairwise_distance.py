@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fewcore.ops as ops
+from fewcore.ops import _compiled  # noqa: F401  (registers the torch.ops.fewcore ops called directly below)
 from fewcore.ops import reference
 from tests.ops._inputs import DEVICES, DTYPES, LAYOUTS, leaf, make, tolerances
 
@@ -75,6 +76,21 @@ def test_opcheck(metric: int) -> None:
     torch.library.opcheck(
         torch.ops.fewcore._pairwise_distance_backward.default, (torch.randn_like(out), x, y, out, metric)
     )
+
+
+@pytest.mark.parametrize("metric", [0, 1, 2, 3])
+def test_raw_ops_accept_inputs_that_require_grad(metric: int) -> None:
+    """Called directly with grad mode on, the kernels' own ATen calls must not try to record autograd."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 3, generator=gen, requires_grad=True)
+    y = torch.randn(2, 5, 3, generator=gen, requires_grad=True)
+    out = torch.ops.fewcore.pairwise_distance(x, y, metric)
+    torch.testing.assert_close(out, torch.ops.fewcore.pairwise_distance(x.detach(), y.detach(), metric))
+    grad = torch.randn_like(out)
+    grads = torch.ops.fewcore._pairwise_distance_backward(grad, x, y, out, metric)
+    expected = torch.ops.fewcore._pairwise_distance_backward(grad, x.detach(), y.detach(), out.detach(), metric)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)
 
 
 def test_near_duplicates_stay_accurate() -> None:
