@@ -51,7 +51,7 @@ def interleaved_medians(runs: dict[str, Callable[[], object]], rounds: int, budg
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _bare_kernels(inputs: list[torch.Tensor], backward: bool) -> Callable[[], object]:
+def bare_kernels(inputs: list[torch.Tensor], backward: bool) -> Callable[[], object]:
     """The euclidean forward kernel (and the backward kernel) on ``inputs``, without autograd."""
     x, y = (t.detach() for t in inputs)
     euclidean = METRICS.index("euclidean")  # the kernels' metric code
@@ -87,7 +87,7 @@ def main() -> None:
             if args.large:
                 runs["gemm"] = bench._runner(bench.gemm, inputs, False)
             if args.breakdown:
-                runs["kernels"] = _bare_kernels(inputs, backward)
+                runs["kernels"] = bare_kernels(inputs, backward)
                 runs["one-op autograd"] = bench._runner(lambda x, y: torch.cat([x, y], dim=1), inputs, backward)
             med = interleaved_medians(runs, 5 if args.large else args.rounds, 1e9 if args.large else args.budget, clock)
             ours = med.get("fewcore")
