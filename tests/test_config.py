@@ -155,8 +155,9 @@ def test_every_shipped_config_learner_classifies_each_setting_the_config_asks_fo
     config = load_config(path)
     learner = build_learner(config).eval()
     settings = {f"{config.train.n_way}-way {config.train.k_shot}-shot", config.val.setting, *config.eval.settings}
+    side = config.dataset.options.get("image_size", 28)  # 28: the image datasets' default
     for text in sorted(settings):
         n_way, k_shot = parse_setting(text)
-        episode = random_episode((1, 28, 28), n_way=n_way, k_shot=k_shot, q_query=1, batch_size=1)
+        episode = random_episode((1, side, side), n_way=n_way, k_shot=k_shot, q_query=1, batch_size=1)
         scores = learner.predict(episode.support_x, episode.support_y, episode.query_x)
         assert scores.shape == (1, n_way, n_way), f"{path.name}: {text}"
