@@ -8,7 +8,7 @@ import pytest
 
 import fewcore
 from fewcore.config import Config, ConfigError, load_config, parse_override, parse_setting
-from fewcore.engine import build_learner
+from fewcore.engine import BuildError, build_learner
 from fewcore.testing import random_episode
 
 REPO = Path(__file__).resolve().parent.parent
@@ -161,3 +161,10 @@ def test_every_shipped_config_learner_classifies_each_setting_the_config_asks_fo
         episode = random_episode((1, side, side), n_way=n_way, k_shot=k_shot, q_query=1, batch_size=1)
         scores = learner.predict(episode.support_x, episode.support_y, episode.query_x)
         assert scores.shape == (1, n_way, n_way), f"{path.name}: {text}"
+
+
+def test_a_learner_input_shape_that_does_not_match_the_dataset_is_refused_before_training() -> None:
+    config = load_config(REPO / "configs" / "maml_omniglot.toml")  # input_shape = [1, 32, 32]
+    assert isinstance(build_learner(config, item_shape=(1, 32, 32)), fewcore.Learner)
+    with pytest.raises(BuildError, match=r"input_shape = \[1, 32, 32\] does not match the dataset's items \[1, 28, 28\]"):
+        build_learner(config, item_shape=(1, 28, 28))

@@ -48,6 +48,14 @@ def build_learner(config: Config, item_shape: tuple[int, ...] | None = None) -> 
             backbone.embedding_size(tuple(item_shape))
         except ValueError as exc:
             raise BuildError(f"[backbone] {config.backbone.name!r} does not fit the dataset's items: {exc}") from exc
+        # Learners that size a head from `input_shape` (MAML, Meta-SGD) would otherwise fail at the
+        # first step with a matrix-shape error that names neither option.
+        declared = config.learner.options.get("input_shape")
+        if declared is not None and tuple(declared) != tuple(item_shape):
+            raise BuildError(
+                f"[learner] input_shape = {list(declared)} does not match the dataset's items {list(item_shape)}; "
+                f"set learner.input_shape = {list(item_shape)} (or change the dataset's image size)"
+            )
     return _create("learner", "learner", config.learner, backbone=backbone)
 
 
