@@ -31,10 +31,12 @@ constexpr int64_t kColBlock = 512;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// at::parallel_for grain for items of `work` multiply-adds each: a thread gets at least ~2^20
-// (tens of µs), so episode-sized calls stay on the calling thread. Waking the pool costs more
-// than that, and far more when the machine is busy and the worker waits for a time slice.
-inline int64_t grain_for(int64_t work) { return std::max<int64_t>(1, ceil_div(int64_t{1} << 20, std::max<int64_t>(work, 1))); }
+// at::parallel_for grain for items of `work` multiply-adds each: a thread gets at least ~2^17
+// (~10 µs), so the smallest episode calls stay on the calling thread, where waking the pool would
+// cost more than the work. At 2^20 a 32-task episode of 64-d rows ran its passes on one thread
+// (distance forward+backward at 32×75×25×64, 2 threads: 0.86-0.90× torch.compile, 1.21-1.24×
+// at 2^17; benchmarks/README.md).
+inline int64_t grain_for(int64_t work) { return std::max<int64_t>(1, ceil_div(int64_t{1} << 17, std::max<int64_t>(work, 1))); }
 
 // The rows' metric_norms (ops.h) of a contiguous [B, R, D] tensor: [B, R], undefined for dot.
 // Defined in pairwise_distance_cpu.cpp (parallel and vectorized, without a [B, R, D] temporary).
