@@ -49,6 +49,8 @@ at::ScalarType compute_dtype(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+at::Tensor kernel_input(const at::Tensor& t, at::ScalarType dtype) { return t.detach().to(dtype).contiguous(); }
+
 at::Tensor metric_norms(const at::Tensor& x, int64_t metric) {
   if (metric == kDot) return at::empty({0}, x.options());
   at::Tensor sumsq = x.square().sum(-1);

@@ -328,9 +328,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_cpu(const at::T
                                                                      double temperature, bool save_values) {
   check_attention_args(q_in, s_in, v_in, metric, temperature);
   const auto dtype = compute_dtype(q_in);
-  const at::Tensor q = q_in.detach().to(dtype).contiguous();
-  const at::Tensor s = s_in.detach().to(dtype).contiguous();
-  const at::Tensor v = v_in.detach().to(dtype).contiguous();
+  const at::Tensor q = kernel_input(q_in, dtype);
+  const at::Tensor s = kernel_input(s_in, dtype);
+  const at::Tensor v = kernel_input(v_in, dtype);
   const int64_t B = q.size(0), N = q.size(1);
   at::Tensor out = at::empty({B, N, v.size(2)}, q.options());
   at::Tensor lse = at::empty({B, N}, q.options());
@@ -447,11 +447,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_backward_cpu(
     double temperature) {
   check_attention_args(q_in, s_in, v_in, metric, temperature);
   const auto dtype = compute_dtype(q_in);
-  const at::Tensor q = q_in.detach().to(dtype).contiguous();
-  const at::Tensor s = s_in.detach().to(dtype).contiguous();
-  const at::Tensor v = v_in.detach().to(dtype).contiguous();
-  const at::Tensor dout = dout_in.detach().to(dtype).contiguous();
-  const at::Tensor lse = lse_in.detach().to(dtype).contiguous();
+  const at::Tensor q = kernel_input(q_in, dtype);
+  const at::Tensor s = kernel_input(s_in, dtype);
+  const at::Tensor v = kernel_input(v_in, dtype);
+  const at::Tensor dout = kernel_input(dout_in, dtype);
+  const at::Tensor lse = kernel_input(lse_in, dtype);
   const int64_t B = q.size(0), N = q.size(1), M = s.size(1);
   TORCH_CHECK(dout.sizes() == out_in.sizes() && dout.size(0) == B && dout.size(1) == N && dout.size(2) == v.size(2),
               "_episode_attention_backward: grad_out and out must be [B, N, C] = ",
@@ -464,8 +464,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_backward_cpu(
               "_episode_attention_backward: values must be the forward's [B, N, M] = ", at::IntArrayRef{B, N, M},
               " or an empty [B, 0, 0]; got ", values_in.sizes());
   if (values_saved || N * M <= kSmallTaskEntries) {
-    const at::Tensor out = out_in.detach().to(dtype).contiguous();
-    const at::Tensor values = values_saved ? values_in.detach().to(dtype).contiguous() : at::Tensor();
+    const at::Tensor out = kernel_input(out_in, dtype);
+    const at::Tensor values = values_saved ? kernel_input(values_in, dtype) : at::Tensor();
     at::Tensor dq = at::empty_like(q), ds = at::empty_like(s), dv = at::empty_like(v);
     const NoAutocast no_autocast;
     AT_DISPATCH_FLOATING_TYPES(dtype, "episode_attention_backward_cpu", [&] {
@@ -482,7 +482,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_backward_cpu(
     return {dq.to(q_in.scalar_type()), ds.to(s_in.scalar_type()), dv.to(v_in.scalar_type())};
   }
   // Σ_c dO·O per query: the softmax backward's row term.
-  const at::Tensor delta = (dout * out_in.detach().to(dtype)).sum(-1).contiguous();
+  const at::Tensor delta = (dout * kernel_input(out_in, dtype)).sum(-1).contiguous();
   at::Tensor dq = at::zeros_like(q), ds = at::zeros_like(s), dv = at::zeros_like(v);
   const at::Tensor nq = cpu::metric_norms(q, metric), ns = cpu::metric_norms(s, metric);
   // Whole tasks per thread when there are enough tasks (or a task is one tile); otherwise two

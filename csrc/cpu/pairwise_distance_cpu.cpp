@@ -39,8 +39,8 @@ FEWCORE_CPU_CLONES void finish_rows(int64_t metric, T* out, const T* x, const T*
 at::Tensor pairwise_distance_cpu(const at::Tensor& x_in, const at::Tensor& y_in, int64_t metric) {
   check_pairwise_args(x_in, y_in, metric);
   const auto dtype = compute_dtype(x_in);
-  const at::Tensor x = x_in.detach().to(dtype).contiguous();
-  const at::Tensor y = y_in.detach().to(dtype).contiguous();
+  const at::Tensor x = kernel_input(x_in, dtype);
+  const at::Tensor y = kernel_input(y_in, dtype);
   const int64_t B = x.size(0), N = x.size(1), M = y.size(1), D = x.size(2);
   at::Tensor out = at::empty({B, N, M}, x.options());
   if (out.numel() == 0) return out.to(x_in.scalar_type());
@@ -106,10 +106,10 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
                                                                    int64_t metric) {
   check_pairwise_args(x_in, y_in, metric);
   const auto dtype = compute_dtype(x_in);
-  const at::Tensor x = x_in.detach().to(dtype).contiguous();
-  const at::Tensor y = y_in.detach().to(dtype).contiguous();
-  const at::Tensor grad = grad_in.detach().to(dtype).contiguous();
-  const at::Tensor out = out_in.detach().to(dtype).contiguous();
+  const at::Tensor x = kernel_input(x_in, dtype);
+  const at::Tensor y = kernel_input(y_in, dtype);
+  const at::Tensor grad = kernel_input(grad_in, dtype);
+  const at::Tensor out = kernel_input(out_in, dtype);
   const int64_t B = x.size(0), N = x.size(1), M = y.size(1), D = x.size(2);
   TORCH_CHECK(grad.sizes() == out.sizes() && out.size(0) == B && out.size(1) == N && out.size(2) == M,
               "_pairwise_distance_backward: grad and out must be [B, N, M] = ", at::IntArrayRef{B, N, M}, "; got ",

@@ -134,9 +134,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_cuda(const at::
   TORCH_CHECK(!save_values, "episode_attention: save_values is for the CPU kernels; the CUDA backward recomputes the scores");
   const c10::cuda::CUDAGuard guard(q_in.device());
   const auto dtype = compute_dtype(q_in);
-  const at::Tensor q = q_in.detach().to(dtype).contiguous();
-  const at::Tensor s = s_in.detach().to(dtype).contiguous();
-  const at::Tensor v = v_in.detach().to(dtype).contiguous();
+  const at::Tensor q = kernel_input(q_in, dtype);
+  const at::Tensor s = kernel_input(s_in, dtype);
+  const at::Tensor v = kernel_input(v_in, dtype);
   const int64_t B = q.size(0), N = q.size(1), M = s.size(1), D = q.size(2), C = v.size(2);
   at::Tensor out = at::empty({B, N, C}, q.options());
   at::Tensor lse = at::empty({B, N}, q.options());
@@ -163,18 +163,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_backward_cuda(
               values.sizes(), ")");
   const c10::cuda::CUDAGuard guard(q_in.device());
   const auto dtype = compute_dtype(q_in);
-  const at::Tensor q = q_in.detach().to(dtype).contiguous();
-  const at::Tensor s = s_in.detach().to(dtype).contiguous();
-  const at::Tensor v = v_in.detach().to(dtype).contiguous();
-  const at::Tensor dout = dout_in.detach().to(dtype).contiguous();
-  const at::Tensor lse = lse_in.detach().to(dtype).contiguous();
+  const at::Tensor q = kernel_input(q_in, dtype);
+  const at::Tensor s = kernel_input(s_in, dtype);
+  const at::Tensor v = kernel_input(v_in, dtype);
+  const at::Tensor dout = kernel_input(dout_in, dtype);
+  const at::Tensor lse = kernel_input(lse_in, dtype);
   const int64_t B = q.size(0), N = q.size(1), M = s.size(1), D = q.size(2), C = v.size(2);
   TORCH_CHECK(dout.sizes() == out_in.sizes() && dout.size(0) == B && dout.size(1) == N && dout.size(2) == C,
               "_episode_attention_backward: grad_out and out must be [B, N, C] = ", at::IntArrayRef{B, N, C},
               "; got ", dout.sizes(), " and ", out_in.sizes());
   TORCH_CHECK(lse.dim() == 2 && lse.size(0) == B && lse.size(1) == N,
               "_episode_attention_backward: lse must be [B, N]; got ", lse.sizes());
-  const at::Tensor delta = (dout * out_in.detach().to(dtype)).sum(-1).contiguous();
+  const at::Tensor delta = (dout * kernel_input(out_in, dtype)).sum(-1).contiguous();
   at::Tensor dq = at::zeros_like(q), ds = at::zeros_like(s), dv = at::zeros_like(v);
   if (B * N == 0) return {dq.to(q_in.scalar_type()), ds.to(s_in.scalar_type()), dv.to(v_in.scalar_type())};
   const at::Tensor nq = metric_norms(q, metric), ns = metric_norms(s, metric);

@@ -19,4 +19,8 @@ at::Tensor metric_norms(const at::Tensor& x, int64_t metric);
 // The dtype the kernels compute in: float32 for float16/bfloat16 inputs, else the input's.
 at::ScalarType compute_dtype(const at::Tensor& t);
 
+// An op argument as the kernels read it: detached (their own ATen calls, such as bmm_out, must
+// not record autograd when the op is called on inputs that require grad), in `dtype`, contiguous.
+at::Tensor kernel_input(const at::Tensor& t, at::ScalarType dtype);
+
 }  // namespace fewcore
