@@ -1,5 +1,5 @@
 // The one place where fewcore's op schemas are declared; backends add kernels in csrc/cpu and
-// csrc/cuda. Ops whose name starts with `_` are internal (backward passes).
+// csrc/cuda. Ops whose name starts with `_` are internal (backward passes, autograd entry points).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -28,4 +28,19 @@ TORCH_LIBRARY(fewcore, m) {
   m.def(
       "_episode_attention_backward(Tensor grad_out, Tensor q, Tensor s, Tensor v, Tensor out, Tensor lse, "
       "Tensor values, int metric, float temperature) -> (Tensor, Tensor, Tensor)");
+
+  // Entry points with C++ autograd (csrc/autograd.cpp) for plain eager calls: the forward ops
+  // above, recorded for backward without a Python autograd.Function.
+  m.def("_pairwise_distance_autograd(Tensor x, Tensor y, int metric) -> Tensor");
+  m.def(
+      "_episode_attention_autograd(Tensor q, Tensor s, Tensor v, int metric, float temperature, "
+      "bool save_values=False) -> (Tensor, Tensor, Tensor)");
+  // The backward ops with a differentiable implementation, which the C++ backward calls when it
+  // runs with create_graph; implemented in Python (fewcore/ops/_compiled.py).
+  m.def(
+      "_pairwise_distance_backward_create_graph(Tensor grad, Tensor x, Tensor y, Tensor out, int metric) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "_episode_attention_backward_create_graph(Tensor grad_out, Tensor q, Tensor s, Tensor v, Tensor out, "
+      "Tensor lse, Tensor values, int metric, float temperature) -> (Tensor, Tensor, Tensor)");
 }

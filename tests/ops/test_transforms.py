@@ -66,6 +66,17 @@ def test_double_backward_with_create_graph(make: Callable, metric: str) -> None:
     torch.testing.assert_close(results[0], results[1])
 
 
+@pytest.mark.parametrize("make", [_distance, _attention], ids=["distance", "attention"])
+def test_plain_eager_calls_record_the_cpp_autograd_function(make: Callable) -> None:
+    """Outside torch.func and torch.compile the graph node is C++ (csrc/autograd.cpp), the fast path."""
+    q, s, v = (t.requires_grad_() for t in _inputs(3))
+    out = make(ops, "cosine")(q, s, v)
+    assert "CppNode<fewcore::" in out.grad_fn.name()
+    # create_graph runs the differentiable Python backward, so the gradient has a graph of its own.
+    grad_q = torch.autograd.grad(out.sum(), q, create_graph=True)[0]
+    assert grad_q.grad_fn is not None and "Backward" in grad_q.grad_fn.name()
+
+
 def test_compile_fullgraph() -> None:
     q, s, v = (t.float() for t in _inputs(2))
 
