@@ -23,6 +23,21 @@ c10::TypedOperatorHandle<Signature> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
 }
 
+// The forward ops. Also the autograd entry points' kernels below autograd (inference mode, or
+// a caller that already dispatched past autograd), where there is nothing to record.
+at::Tensor pairwise_distance_kernel(const at::Tensor& x, const at::Tensor& y, int64_t metric) {
+  static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t)>("fewcore::pairwise_distance");
+  return op.call(x, y, metric);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_kernel(const at::Tensor& q, const at::Tensor& s,
+                                                                        const at::Tensor& v, int64_t metric,
+                                                                        double temperature, bool save_values) {
+  static const auto op = find_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double, bool)>("fewcore::episode_attention");
+  return op.call(q, s, v, metric, temperature, save_values);
+}
+
 using PairwiseBackward = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                            const at::Tensor&, int64_t);
 using AttentionBackward = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
@@ -35,9 +50,7 @@ class PairwiseDistanceFunction : public torch::autograd::Function<PairwiseDistan
     at::Tensor out;
     {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
-      static const auto kernel =
-          find_op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t)>("fewcore::pairwise_distance");
-      out = kernel.call(x, y, metric);
+      out = pairwise_distance_kernel(x, y, metric);
     }
     ctx->save_for_backward({x, y, out});
     ctx->saved_data["metric"] = metric;
@@ -67,11 +80,7 @@ class EpisodeAttentionFunction : public torch::autograd::Function<EpisodeAttenti
     at::Tensor out, lse, values;
     {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
-      static const auto kernel =
-          find_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                 const at::Tensor&, int64_t, double, bool)>(
-              "fewcore::episode_attention");
-      std::tie(out, lse, values) = kernel.call(q, s, v, metric, temperature, save_values);
+      std::tie(out, lse, values) = episode_attention_kernel(q, s, v, metric, temperature, save_values);
     }
     ctx->save_for_backward({q, s, v, out, lse, values});
     ctx->saved_data["metric"] = metric;
@@ -122,6 +131,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_autograd(const 
 TORCH_LIBRARY_IMPL(fewcore, Autograd, m) {
   m.impl("_pairwise_distance_autograd", &pairwise_distance_autograd);
   m.impl("_episode_attention_autograd", &episode_attention_autograd);
+}
+
+TORCH_LIBRARY_IMPL(fewcore, CompositeExplicitAutograd, m) {
+  m.impl("_pairwise_distance_autograd", &pairwise_distance_kernel);
+  m.impl("_episode_attention_autograd", &episode_attention_kernel);
 }
 
 }  // namespace fewcore

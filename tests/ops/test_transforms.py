@@ -77,6 +77,18 @@ def test_plain_eager_calls_record_the_cpp_autograd_function(make: Callable) -> N
     assert grad_q.grad_fn is not None and "Backward" in grad_q.grad_fn.name()
 
 
+def test_cpp_autograd_entry_points_run_below_autograd() -> None:
+    """In inference mode the dispatcher skips autograd; the entry points then run the forward kernels."""
+    from fewcore.ops import _compiled
+
+    q, s, v = _inputs(4)
+    with torch.inference_mode():
+        distances = _compiled._ops._pairwise_distance_autograd(q, s, 0)
+        attention, _, _ = _compiled._ops._episode_attention_autograd(q, s, v, 2, 0.8)
+    torch.testing.assert_close(distances, reference.pairwise_distance(q, s, "sqeuclidean"))
+    torch.testing.assert_close(attention, reference.episode_attention(q, s, v, "cosine", 0.8))
+
+
 def test_compile_fullgraph() -> None:
     q, s, v = (t.float() for t in _inputs(2))
 
