@@ -63,7 +63,7 @@ def omniglot_like_batch(seed: int = 0) -> Episode:
     )
 
 
-def build(steps: int, order: str, task_batching: str, tasks_per_vmap: int | None = None) -> MAML:
+def build(steps: int, order: str, task_batching: str, tasks_per_vmap: int = META_BATCH) -> MAML:
     torch.manual_seed(0)
     backbone = fewcore.create("backbone", "conv4", in_channels=1)
     return MAML(
@@ -72,8 +72,9 @@ def build(steps: int, order: str, task_batching: str, tasks_per_vmap: int | None
     )
 
 
-#: the compared paths: the whole meta-batch in one vmap, vmap over chunks of 4 tasks, the loop
-PATHS = {"vmap": ("vmap", None), "vmap, 4 tasks per chunk": ("vmap", 4), "loop": ("loop", None)}
+#: the compared paths: the whole meta-batch in one vmap (a chunk of META_BATCH tasks; the
+#: learner's default on the CPU is chunks of CPU_TASKS_PER_VMAP), vmap over chunks of 4, the loop
+PATHS = {"vmap": ("vmap", META_BATCH), "vmap, 4 tasks per chunk": ("vmap", 4), "loop": ("loop",)}
 
 
 def meta_step(learner: MAML, episode: Episode) -> None:

@@ -41,18 +41,22 @@ arbitrary per episode, so any N units serve equally).
 **Performance note (CPU).** ``vmap`` saves the Python and dispatch work of the per-task loop,
 and nothing else: the arithmetic and the memory traffic are the same. Measured on Conv4,
 Omniglot 5-way 1-shot, 5 queries, meta-batch 32, one thread (benchmarks/test_bench_maml.py):
-that work is about 1 CPU second per meta-step for the loop (one inner step, second order;
-measured with 1-channel, 16×16 tensors that leave only the overhead) against 0.05 s vmapped,
-roughly a fifth of the loop's step. Batching all 32 tasks at once costs more than it saves:
+that work is about 0.3 CPU s per meta-step for the loop (one inner step, second order;
+measured 2026-12-02 with a 1-channel Conv4 on 16×16 images, which leaves only the overhead)
+against 0.03 s vmapped, about 13% of the loop's 2.5 s step with 64 channels on 28×28 images. The
+arithmetic alone (2.2 s) is more than half of the loop's step, so no vmap can reach 2× the loop
+here: without any overhead it would be 1.13×. (On 2026-11-22, on a loaded machine: 1 s of a
+~4.5 s step.) Batching all 32 tasks at once costs more than it saves:
 every activation becomes 32× larger (160 MB instead of 5 MB for the first block), falls out of
 the caches, and glibc returns allocations above 32 MB to the system, so each step page-faults
 about 3 GB back in (≈ 820,000 minor faults per step, against ≈ 4,000 for the loop; with
 ``MALLOC_MMAP_THRESHOLD_`` raised they vanish and the step is ~20% faster). The whole-batch
 vmap also moves activations between the grouped convolution's ``[n, task·C, H, W]`` layout and
-the ``[task·n, C, H, W]`` layout of batch norm and max-pooling (copies at every block). Vmapping
-a few tasks at a time (``tasks_per_vmap``, e.g. 4) keeps the tensors cache-sized and the
-overhead low: 1.03–1.44× the loop in our measurements (benchmarks/README.md), short of 2×. On a
-GPU, batch the whole meta-batch.
+the ``[task·n, C, H, W]`` layout of batch norm and max-pooling (copies at every block); on
+2026-12-02 it ran at 0.27–0.29× the loop. Vmapping a few tasks at a time (``tasks_per_vmap``;
+the default on the CPU is :data:`CPU_TASKS_PER_VMAP`) keeps the tensors cache-sized and the
+overhead low: 0.95–1.01× the loop on 2026-12-02, 1.03–1.44× on 2026-11-22 (benchmarks/README.md).
+On a GPU (not measured here) the default batches the whole meta-batch.
 """
 
 from __future__ import annotations
@@ -72,6 +76,11 @@ from fewcore_plugins.learners._episode import check_episode, check_task_batch
 
 Params = dict[str, Tensor]
 TaskBatching = Literal["auto", "vmap", "loop"]
+
+#: Tasks per vmap chunk on the CPU when ``tasks_per_vmap`` is None. benchmarks/test_bench_maml.py,
+#: 2026-12-02, Conv4, meta-batch 32, 1 inner step, 1 thread: the whole meta-batch in one vmap ran
+#: at 0.27-0.29x the per-task loop, chunks of 4 at 0.95-1.01x.
+CPU_TASKS_PER_VMAP = 4
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -174,9 +183,9 @@ class MAML(Learner):
             task at a time, ``"auto"`` uses vmap and falls back to the loop (with a warning)
             when the backbone cannot be vmapped. Both give the same result.
         tasks_per_vmap: with vmap, batch at most this many tasks at once (``vmap``'s
-            ``chunk_size``; the chunks run one after the other); ``None`` batches the whole
-            meta-batch. On CPU a few tasks per chunk is faster than all of them (see the
-            performance note above).
+            ``chunk_size``; the chunks run one after the other). ``None``: the whole meta-batch
+            on an accelerator, :data:`CPU_TASKS_PER_VMAP` tasks per chunk on the CPU, where a
+            few tasks per chunk is faster than all of them (see the performance note above).
         input_shape: item shape, to size the head; ``None`` uses the backbone's
             ``example_input_shape``.
     """
@@ -299,7 +308,10 @@ class MAML(Learner):
         with _BatchStatisticsNorm():
             if self.task_batching != "loop" and support_x.shape[0] > 1:
                 try:
-                    return vmap(task, randomness="different", chunk_size=self.tasks_per_vmap)(support_x, support_y, query_x)
+                    chunk = self.tasks_per_vmap
+                    if chunk is None and support_x.device.type == "cpu":
+                        chunk = CPU_TASKS_PER_VMAP
+                    return vmap(task, randomness="different", chunk_size=chunk)(support_x, support_y, query_x)
                 except (RuntimeError, NotImplementedError) as exc:
                     if self.task_batching == "vmap":
                         raise

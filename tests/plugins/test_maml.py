@@ -237,6 +237,25 @@ def test_vmapped_and_looped_meta_gradients_agree_on_conv4(learner_cls: type[MAML
         torch.testing.assert_close(c, lp, rtol=1e-9, atol=1e-12)
 
 
+def test_cpu_default_vmaps_a_few_tasks_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU the whole-batch vmap is slower than the loop; the default chunks the meta-batch."""
+    from fewcore_plugins.learners import maml
+
+    chunk_sizes = []
+
+    def recording_vmap(*args: Any, chunk_size: int | None = None, **kwargs: Any) -> Any:
+        chunk_sizes.append(chunk_size)
+        return torch.func.vmap(*args, chunk_size=chunk_size, **kwargs)
+
+    monkeypatch.setattr(maml, "vmap", recording_vmap)
+    episode = random_episode(batch=6, n_way=3, k_shot=1, q_query=1, item_shape=(4,))
+    learner = MAML(Flat(4), n_way=3, task_batching="vmap").to(F64)
+    learner(episode)
+    learner.tasks_per_vmap = 6
+    learner(episode)
+    assert chunk_sizes == [maml.CPU_TASKS_PER_VMAP, 6]
+
+
 def test_running_statistics_untouched() -> None:
     backbone = fewcore.create("backbone", "conv4", hidden_channels=4)
     learner = MAML(backbone, n_way=5)
