@@ -13,6 +13,10 @@ too. Throughput is tasks/s = 32 / (median CPU seconds per step). Minor page faul
 reported because they explain much of the vmapped path's cost on CPU (see the "Performance
 note" in fewcore_plugins/learners/maml.py).
 
+Per-task overhead: the same step with a Conv4 of one hidden channel on 16×16 images, whose
+arithmetic is negligible, times what each path spends on Python and dispatch, the most that vmap
+can save over the loop.
+
 Peak memory of second vs first order: each order runs one meta-training step in a fresh
 process and reports the growth of the peak resident set size (``ru_maxrss``) over the
 process's size just before the step (CPU tensors do not go through Python's allocator, so
@@ -49,26 +53,29 @@ META_BATCH, N_WAY, K_SHOT, Q_QUERY, SIDE = 32, 5, 1, 5, 28
 ROUNDS = 3
 
 
-def omniglot_like_batch(seed: int = 0) -> Episode:
+def omniglot_like_batch(seed: int = 0, side: int = SIDE) -> Episode:
     gen = torch.Generator().manual_seed(seed)
     support_y = torch.stack([torch.randperm(N_WAY * K_SHOT, generator=gen) % N_WAY for _ in range(META_BATCH)])
     query_y = torch.stack([torch.randperm(N_WAY * Q_QUERY, generator=gen) % N_WAY for _ in range(META_BATCH)])
     return Episode(
-        support_x=torch.rand(META_BATCH, N_WAY * K_SHOT, 1, SIDE, SIDE, generator=gen),
+        support_x=torch.rand(META_BATCH, N_WAY * K_SHOT, 1, side, side, generator=gen),
         support_y=support_y,
-        query_x=torch.rand(META_BATCH, N_WAY * Q_QUERY, 1, SIDE, SIDE, generator=gen),
+        query_x=torch.rand(META_BATCH, N_WAY * Q_QUERY, 1, side, side, generator=gen),
         query_y=query_y,
         n_way=N_WAY,
         k_shot=K_SHOT,
     )
 
 
-def build(steps: int, order: str, task_batching: str, tasks_per_vmap: int = META_BATCH) -> MAML:
+def build(
+    steps: int, order: str, task_batching: str, tasks_per_vmap: int = META_BATCH, hidden_channels: int = 64,
+    side: int = SIDE,
+) -> MAML:
     torch.manual_seed(0)
-    backbone = fewcore.create("backbone", "conv4", in_channels=1)
+    backbone = fewcore.create("backbone", "conv4", in_channels=1, hidden_channels=hidden_channels)
     return MAML(
         backbone, n_way=N_WAY, inner_steps=steps, first_order=order == "first", task_batching=task_batching,
-        tasks_per_vmap=tasks_per_vmap,
+        tasks_per_vmap=tasks_per_vmap, input_shape=(1, side, side),
     )
 
 
@@ -125,6 +132,24 @@ def test_maml_meta_training_throughput_vmap_vs_loop(steps: int, order: str, reco
     with capsys.disabled():
         for path in [path for path in PATHS if path != "loop"]:
             print(f"MAML {steps} inner step(s), {order} order: {path} / loop = {report[path] / report['loop']:.2f}")
+
+
+def test_maml_per_task_overhead(capsys) -> None:
+    """The most vmap can save: the same meta-step (1 inner step, second order) on a Conv4 of one
+    hidden channel and 16×16 images, whose arithmetic is negligible, so what is left is each
+    path's Python and dispatch work. Compare it with the full-size loop step above."""
+    episode = omniglot_like_batch(side=16)
+    learners = {path: build(1, "second", *how, hidden_channels=1, side=16) for path, how in PATHS.items()}
+    for learner in learners.values():
+        meta_step(learner, episode)
+    cpu = {
+        path: statistics.median(_step_cost(learner, episode)[0] for _ in range(ROUNDS))
+        for path, learner in learners.items()
+    }
+    with capsys.disabled():
+        print("\nMAML per-step overhead (1 inner step, second order, 1-channel Conv4, 16x16): "
+              + ", ".join(f"{path} {seconds:.3f} CPU s" for path, seconds in cpu.items()))
+    assert cpu["vmap"] < cpu["loop"]  # the loop's per-task Python and dispatch work is what vmap removes
 
 
 _PEAK_SCRIPT = """

@@ -42,8 +42,8 @@ arbitrary per episode, so any N units serve equally).
 and nothing else: the arithmetic and the memory traffic are the same. Measured on Conv4,
 Omniglot 5-way 1-shot, 5 queries, meta-batch 32, one thread (benchmarks/test_bench_maml.py):
 that work is about 0.3 CPU s per meta-step for the loop (one inner step, second order; timed
-2026-12-02 by a short script running the benchmark's step with a 1-channel Conv4 on 16×16 images,
-which leaves only the overhead) against 0.03 s vmapped, about 13% of the loop's 2.5 s step with
+2026-12-02 with a 1-channel Conv4 on 16×16 images, which leaves only the overhead:
+``test_maml_per_task_overhead``) against 0.03 s vmapped, about 13% of the loop's 2.5 s step with
 64 channels on 28×28 images. The
 arithmetic alone (2.2 s) is more than half of the loop's step, so no vmap can reach 2× the loop
 here: without any overhead it would be 1.13×. (On 2026-11-22, on a loaded machine: 1 s of a
