@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fewcore-installed
 BUILD_INPUTS := setup.py pyproject.toml $(shell find csrc -type f) \
-	$(wildcard examples/fewcore-plugin-example/pyproject.toml)
+	$(wildcard plugins/fewcore-plugin-example/pyproject.toml)
 PYTEST_ARGS ?=
 
 .PHONY: install demo test bench clean
@@ -23,7 +23,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python $(BUILD_INPUTS)
 	$(BIN)/pip install --quiet torch ninja
 	MAX_JOBS=$${MAX_JOBS:-2} $(BIN)/pip install --quiet --no-build-isolation -e '.[test]'
-	$(BIN)/pip install --quiet --no-build-isolation -e examples/fewcore-plugin-example
+	$(BIN)/pip install --quiet --no-build-isolation -e plugins/fewcore-plugin-example
 	touch $@
 
 demo: install

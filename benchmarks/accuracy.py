@@ -37,7 +37,7 @@ import fewcore
 from fewcore.config import load_config
 from fewcore.engine import evaluate, load_model, train
 from fewcore.engine._build import build_dataset, build_sampler, resolve_device
-from fewcore_plugins.learners.mann import MANN, evaluate_by_instance
+from fewcore.plugins.learners.mann import MANN, evaluate_by_instance
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OMNIGLOT = Path(os.environ.get("FEWCORE_OMNIGLOT", REPO.parent / "shared" / "data" / "omniglot"))

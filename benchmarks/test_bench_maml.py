@@ -11,7 +11,7 @@ that the drifting load of a shared machine hits all alike. Time is the process's
 thread it is the step's cost, without the time spent waiting for a core; wall time is reported
 too. Throughput is tasks/s = 32 / (median CPU seconds per step). Minor page faults per step are
 reported because they explain much of the vmapped path's cost on CPU (see the "Performance
-note" in fewcore_plugins/learners/maml.py).
+note" in fewcore.plugins/learners/maml.py).
 
 Per-task overhead: the same step with a Conv4 of one hidden channel on 16×16 images, whose
 arithmetic is negligible, times what each path spends on Python and dispatch, the most that vmap
@@ -43,7 +43,7 @@ import torch
 
 import fewcore
 from fewcore import Episode
-from fewcore_plugins.learners.maml import MAML
+from fewcore.plugins.learners.maml import MAML
 
 # FEWCORE_BENCH_THREADS pins the intra-op threads (as in test_bench_ops.py).
 if os.environ.get("FEWCORE_BENCH_THREADS"):

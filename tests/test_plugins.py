@@ -150,4 +150,4 @@ def test_builtins_are_registered_through_entry_points() -> None:
     registry = fewcore.registry(reload=True)
     builtins = {c.plugin.name for c in registry.components() if c.plugin.distribution == "fewcore"}
     assert builtins, "no built-in component was registered through the fewcore entry-point group"
-    assert builtins <= {"backbones", "samplers", "learners", "datasets", "pairs"}
+    assert builtins <= {"fewcore.backbones", "fewcore.samplers", "fewcore.learners", "fewcore.datasets"}

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 
 from fewcore import Backbone, Episode, EpisodeSampler, FewShotDataset, Learner, LearnerOutput
 from fewcore.testing import ToyDataset, check_backbone, check_learner, check_sampler, random_episode
-from fewcore_plugins.backbones import MLP
-from fewcore_plugins.learners.protonet import PrototypicalNetworks
+from fewcore.plugins.backbones import MLP
+from fewcore.plugins.learners.protonet import PrototypicalNetworks
 
 # --- backbones -------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewcore_plugins.backbones import MLP, Conv4, ResNet12
+from fewcore.plugins.backbones import MLP, Conv4, ResNet12
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 import fewcore
-from fewcore_plugins.datasets import _images
-from fewcore_plugins.datasets._store import ClassStore, partition
-from fewcore_plugins.datasets.glyphs import _generate
+from fewcore.plugins.datasets import _images
+from fewcore.plugins.datasets._store import ClassStore, partition
+from fewcore.plugins.datasets.glyphs import _generate
 
 SMALL2_ONLY = ["Japanese_(katakana)", "Sanskrit", "Tagalog"]
 

@@ -17,9 +17,9 @@ from torch import Tensor
 import fewcore
 from fewcore import Backbone, Episode, Learner
 from fewcore.testing import random_episode
-from fewcore_plugins.backbones import MLP
-from fewcore_plugins.learners.matching import FullContextEmbedding, MatchingNetworks
-from fewcore_plugins.learners.protonet import PrototypicalNetworks, prototypes
+from fewcore.plugins.backbones import MLP
+from fewcore.plugins.learners.matching import FullContextEmbedding, MatchingNetworks
+from fewcore.plugins.learners.protonet import PrototypicalNetworks, prototypes
 
 
 class Flatten(Backbone):

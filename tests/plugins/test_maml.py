@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 import fewcore
 from fewcore import Backbone, Episode
-from fewcore_plugins.learners.maml import MAML, MetaSGD, adapt
+from fewcore.plugins.learners.maml import MAML, MetaSGD, adapt
 
 
 # Tiny models: a second intra-op thread only adds synchronisation (see tests/conftest.py).
@@ -239,7 +239,7 @@ def test_vmapped_and_looped_meta_gradients_agree_on_conv4(learner_cls: type[MAML
 
 def test_cpu_default_vmaps_a_few_tasks_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """On the CPU the whole-batch vmap is slower than the loop; the default chunks the meta-batch."""
-    from fewcore_plugins.learners import maml
+    from fewcore.plugins.learners import maml
 
     chunk_sizes = []
 

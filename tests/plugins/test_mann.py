@@ -10,7 +10,7 @@ from torch import Tensor
 
 import fewcore
 from fewcore import Episode
-from fewcore_plugins.learners.mann import (
+from fewcore.plugins.learners.mann import (
     MANN,
     accuracy_by_instance,
     episode_sequences,

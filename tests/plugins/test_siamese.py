@@ -13,8 +13,8 @@ from torch import Tensor
 import fewcore
 from fewcore import Episode, ops
 from fewcore.testing import random_episode
-from fewcore_plugins.learners.siamese import SiameseNetwork, class_scores, contrastive_loss
-from fewcore_plugins.pair_sampler import balanced_pairs
+from fewcore.plugins.learners.siamese import SiameseNetwork, class_scores, contrastive_loss
+from fewcore.plugins.pair_sampler import balanced_pairs
 
 
 # Tiny models: a second intra-op thread only adds synchronisation (see tests/conftest.py).
@@ -79,7 +79,7 @@ def test_hardest_negatives_pair_each_query_with_its_most_similar_other_class() -
         return balanced_pairs(query_y, support_y, n_way, other)
 
     with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
-        patch.setattr("fewcore_plugins.learners.siamese.balanced_pairs", spy)
+        patch.setattr("fewcore.plugins.learners.siamese.balanced_pairs", spy)
         scores = learner(episode).logits
     own = F.one_hot(episode.query_y, 5).bool()
     best_other = scores.masked_fill(own, float("-inf")).argmax(dim=-1)

@@ -73,7 +73,7 @@ from torch.func import functional_call, grad, vmap
 from torch.overrides import TorchFunctionMode
 
 from fewcore import Backbone, Episode, Learner, LearnerOutput
-from fewcore_plugins.learners._episode import check_episode, check_task_batch
+from fewcore.plugins.learners._episode import check_episode, check_task_batch
 
 Params = dict[str, Tensor]
 TaskBatching = Literal["auto", "vmap", "loop"]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fewcore import hookimpl
 from fewcore.hookspecs import Register
-from fewcore_plugins.datasets._store import ClassStore
-from fewcore_plugins.datasets.folder import Folder
-from fewcore_plugins.datasets.glyphs import Glyphs
-from fewcore_plugins.datasets.omniglot import Omniglot
-from fewcore_plugins.datasets.tensors import Tensors
+from fewcore.plugins.datasets._store import ClassStore
+from fewcore.plugins.datasets.folder import Folder
+from fewcore.plugins.datasets.glyphs import Glyphs
+from fewcore.plugins.datasets.omniglot import Omniglot
+from fewcore.plugins.datasets.tensors import Tensors
 
 __all__ = ["ClassStore", "Folder", "Glyphs", "Omniglot", "Tensors"]
 

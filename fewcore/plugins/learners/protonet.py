@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fewcore import Backbone, Episode, Learner, LearnerOutput, ops
-from fewcore_plugins.learners._episode import check_episode, check_task_batch, class_one_hot, embed_tasks
+from fewcore.plugins.learners._episode import check_episode, check_task_batch, class_one_hot, embed_tasks
 
 #: the distances a Prototypical Network may use (``fewcore.ops.pairwise_distance`` metrics)
 DISTANCES = ("sqeuclidean", "euclidean", "cosine")

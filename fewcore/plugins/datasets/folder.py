@@ -12,8 +12,8 @@ from typing import Mapping, Sequence
 
 from torch import Tensor
 
-from fewcore_plugins.datasets._images import default_cache_dir, load_image_tree
-from fewcore_plugins.datasets._store import ClassStore, check_split, choose_splits
+from fewcore.plugins.datasets._images import default_cache_dir, load_image_tree
+from fewcore.plugins.datasets._store import ClassStore, check_split, choose_splits
 
 
 class Folder(ClassStore):

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fewcore import Episode, EpisodeSampler, FewShotDataset, hookimpl
 from fewcore.hookspecs import Register
-from fewcore_plugins._seed import generator
+from fewcore.plugins._seed import generator
 
 _SPLITS = ("train", "val", "test")
 

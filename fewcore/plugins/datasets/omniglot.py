@@ -19,8 +19,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from fewcore_plugins.datasets._images import default_cache_dir, load_image_tree
-from fewcore_plugins.datasets._store import SPLITS, ClassStore, partition
+from fewcore.plugins.datasets._images import default_cache_dir, load_image_tree
+from fewcore.plugins.datasets._store import SPLITS, ClassStore, partition
 
 #: quarter turns of the rotation classes and their name suffixes
 _ROTATIONS = ((0, "rot000"), (1, "rot090"), (2, "rot180"), (3, "rot270"))

@@ -24,8 +24,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from fewcore_plugins._seed import generator
-from fewcore_plugins.datasets._store import ClassStore, partition
+from fewcore.plugins._seed import generator
+from fewcore.plugins.datasets._store import ClassStore, partition
 
 #: the most strokes a character has
 _MAX_STROKES = 4

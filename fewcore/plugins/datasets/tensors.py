@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fewcore_plugins.datasets._store import ClassStore, choose_splits
+from fewcore.plugins.datasets._store import ClassStore, choose_splits
 
 
 def _load(path: str | os.PathLike[str]) -> tuple[Any, Any]:

@@ -9,11 +9,11 @@ from typing import Callable
 
 from fewcore import Learner, hookimpl
 from fewcore.hookspecs import Register
-from fewcore_plugins.learners.maml import MAML, MetaSGD
-from fewcore_plugins.learners.mann import MANN
-from fewcore_plugins.learners.matching import MatchingNetworks
-from fewcore_plugins.learners.protonet import PrototypicalNetworks
-from fewcore_plugins.learners.siamese import SiameseNetwork
+from fewcore.plugins.learners.maml import MAML, MetaSGD
+from fewcore.plugins.learners.mann import MANN
+from fewcore.plugins.learners.matching import MatchingNetworks
+from fewcore.plugins.learners.protonet import PrototypicalNetworks
+from fewcore.plugins.learners.siamese import SiameseNetwork
 
 #: registered name → factory ``factory(backbone=..., **config)``
 LEARNERS: dict[str, Callable[..., Learner]] = {

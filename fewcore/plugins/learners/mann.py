@@ -72,7 +72,7 @@ from torch import Tensor, nn
 
 from fewcore import Backbone, Episode, Learner, LearnerOutput
 from fewcore.engine import mean_ci95
-from fewcore_plugins.learners._episode import check_episode, check_task_batch
+from fewcore.plugins.learners._episode import check_episode, check_task_batch
 
 #: initial write-gate logit α: σ(−4) ≈ 0.02, writes go to the least used slot (see the module notes)
 _WRITE_GATE_INIT = -4.0

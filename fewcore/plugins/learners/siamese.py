@@ -18,7 +18,7 @@ Twin networks with shared weights embed the two items of a pair, ``h1 = f(x1)``,
 
   trained with binary cross-entropy, **target t = 1 for a SAME-class pair** (t = 1 − y).
 
-Training pairs are :func:`fewcore_plugins.pair_sampler.balanced_pairs` of each episode: every
+Training pairs are :func:`fewcore.plugins.pair_sampler.balanced_pairs` of each episode: every
 query with the K support items of its class and the K of one other class, as many same as
 different pairs. The other class cycles through the episode's classes (``negatives = "cycle"``)
 or is, per query, the class the model currently scores highest after the query's own
@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewcore import Backbone, Episode, Learner, LearnerOutput, ops
-from fewcore_plugins.learners._episode import check_episode, check_task_batch, embed_tasks
-from fewcore_plugins.pair_sampler import balanced_pairs
+from fewcore.plugins.learners._episode import check_episode, check_task_batch, embed_tasks
+from fewcore.plugins.pair_sampler import balanced_pairs
 
 HEADS = ("contrastive", "koch")
 NEGATIVES = ("cycle", "hardest")

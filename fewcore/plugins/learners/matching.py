@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewcore import Backbone, Episode, Learner, LearnerOutput, ops
-from fewcore_plugins.learners._episode import check_episode, check_task_batch, class_one_hot, embed_tasks
+from fewcore.plugins.learners._episode import check_episode, check_task_batch, class_one_hot, embed_tasks
 
 #: probabilities are clamped to at least this before the log, so a zero never gives -inf logits
 _MIN_PROBABILITY = 1e-8
