@@ -1,4 +1,4 @@
-"""The engine's ``fewcore`` subcommands: train, eval, plot, predict, demo."""
+"""The ``fewcore`` subcommands that run the engine: train, eval, plot, predict, demo."""
 
 from __future__ import annotations
 
@@ -7,45 +7,15 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import fewcore
-from fewcore.config import ConfigError, load_config
-from fewcore.engine._build import BuildError, resolve_device
-from fewcore.engine._checkpoint import CheckpointError
+from fewcore.config import load_config
+from fewcore.engine._build import resolve_device
 from fewcore.engine._evaluate import EvalResult
 from fewcore.engine._inference import evaluate_checkpoint, load_model, predict_folder, resolve_checkpoint
 from fewcore.engine._plot import plot_run
-from fewcore.engine._train import ResumeError, TrainResult, checkpoint_paths, train
-
-#: errors a user can fix, reported as one line instead of a traceback
-_USER_ERRORS = (ConfigError, BuildError, CheckpointError, ResumeError, FileNotFoundError, fewcore.RegistryError)
-
-
-def _reports_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except _USER_ERRORS as exc:
-            print(f"fewcore {args.command}: error: {exc}", file=sys.stderr)
-            return 2
-
-    return run
-
-
-def _add_overrides(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config value, e.g. --set train.lr=0.001 (repeatable)",
-    )
-
-
-def _add_device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=None, help="auto (CUDA when available), cpu, cuda or cuda:N")
+from fewcore.engine._train import TrainResult, checkpoint_paths, train
 
 
 def _print_results(results: list[EvalResult], split: str, indent: str = "  ") -> None:
@@ -69,8 +39,8 @@ def _train_config(args: argparse.Namespace) -> Any:
     return load_config(args.config, overrides)
 
 
-@_reports_errors
-def _cmd_train(args: argparse.Namespace) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
+    """``fewcore train``: meta-train from a TOML config."""
     config = _train_config(args)
     try:
         result = train(config, resume=args.resume, progress=not args.no_progress)
@@ -113,8 +83,8 @@ def _run_dir_of(checkpoint: Path) -> Path | None:
     return run_dir if (run_dir / "config.json").is_file() else None
 
 
-@_reports_errors
-def _cmd_eval(args: argparse.Namespace) -> int:
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``fewcore eval``: test accuracy of a checkpoint, written to ``RUN/eval.json``."""
     checkpoint = resolve_checkpoint(args.checkpoint)
     results, config = evaluate_checkpoint(checkpoint, args.overrides, args.device or "auto", progress=not args.no_progress)
     report = _eval_json(results, checkpoint)
@@ -131,14 +101,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-@_reports_errors
-def _cmd_plot(args: argparse.Namespace) -> int:
+def cmd_plot(args: argparse.Namespace) -> int:
+    """``fewcore plot``: render a run's learning curves."""
     print(plot_run(args.run, args.output))
     return 0
 
 
-@_reports_errors
-def _cmd_predict(args: argparse.Namespace) -> int:
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``fewcore predict``: classify query images given labelled support images."""
     device = resolve_device(args.device or "auto")
     model = load_model(args.checkpoint, device)
     try:
@@ -160,8 +130,8 @@ def demo_config_path() -> Path:
     return Path(fewcore.__file__).resolve().parent.parent / "configs" / "demo.toml"
 
 
-@_reports_errors
-def _cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``fewcore demo``: train, test and plot the demo config end to end."""
     path = Path(args.config) if args.config is not None else demo_config_path()
     if not path.is_file():
         raise FileNotFoundError(f"the demo config {path} is missing; pass one with --config")
@@ -192,49 +162,3 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"metrics: {result.run_dir / 'metrics.csv'}")
     print(f"total time: {time.perf_counter() - started:.0f} s")
     return 0
-
-
-def add_engine_commands(commands: Any) -> None:
-    """Add train, eval, plot, predict and demo to the ``fewcore`` subcommand parser."""
-    train_cmd = commands.add_parser("train", help="meta-train from a TOML config")
-    train_cmd.add_argument("config", type=Path, help="a TOML config (see configs/)")
-    _add_overrides(train_cmd)
-    train_cmd.add_argument("--run-dir", type=Path, default=None, help="where to write (default: run.dir of the config)")
-    _add_device(train_cmd)
-    train_cmd.add_argument("--resume", action="store_true", help="continue the run in the run directory from its last checkpoint")
-    train_cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train_cmd.set_defaults(func=_cmd_train)
-
-    eval_cmd = commands.add_parser("eval", help="test accuracy (mean ± 95%% CI) of a checkpoint per way/shot setting")
-    eval_cmd.add_argument("checkpoint", help="a checkpoint .pt or a run directory (its best.pt)")
-    _add_overrides(eval_cmd)
-    _add_device(eval_cmd)
-    eval_cmd.add_argument("--output", type=Path, default=None, help="results JSON (default: RUN/eval.json)")
-    eval_cmd.add_argument("--json", action="store_true", help="machine-readable output")
-    eval_cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
-    eval_cmd.set_defaults(func=_cmd_eval)
-
-    plot_cmd = commands.add_parser("plot", help="render a run's learning curves to PNG")
-    plot_cmd.add_argument("run", type=Path, help="a run directory")
-    plot_cmd.add_argument("--output", "-o", type=Path, default=None, help="the PNG (default: RUN/curves.png)")
-    plot_cmd.set_defaults(func=_cmd_plot)
-
-    predict_cmd = commands.add_parser("predict", help="classify query images given labelled support images")
-    predict_cmd.add_argument("--support", required=True, type=Path, help="a folder with one subfolder of images per class")
-    predict_cmd.add_argument("--query", required=True, type=Path, help="a folder of images (or one image)")
-    predict_cmd.add_argument("--checkpoint", required=True, help="a checkpoint .pt or a run directory")
-    predict_cmd.add_argument(
-        "--invert", choices=("auto", "yes", "no"), default="auto",
-        help="invert grayscale images (auto: when mostly bright, so dark strokes become ink)",
-    )
-    _add_device(predict_cmd)
-    predict_cmd.add_argument("--json", action="store_true", help="machine-readable output")
-    predict_cmd.set_defaults(func=_cmd_predict)
-
-    demo_cmd = commands.add_parser("demo", help="meta-train Prototypical Networks on the embedded glyphs, then test")
-    demo_cmd.add_argument("--config", type=Path, default=None, help="default: configs/demo.toml")
-    _add_overrides(demo_cmd)
-    demo_cmd.add_argument("--run-dir", type=Path, default=None, help="default: runs/demo")
-    _add_device(demo_cmd)
-    demo_cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
-    demo_cmd.set_defaults(func=_cmd_demo)

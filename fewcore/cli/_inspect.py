@@ -1,4 +1,4 @@
-"""The ``fewcore`` command line."""
+"""The ``fewcore`` subcommands that inspect the installation: plugins, info, check."""
 
 from __future__ import annotations
 
@@ -6,14 +6,11 @@ import argparse
 import dataclasses
 import json
 import platform
-import sys
-from typing import Sequence
 
 import torch
 
 import fewcore
 from fewcore import _extension
-from fewcore.engine._cli import add_engine_commands
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -23,7 +20,8 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _cmd_plugins(args: argparse.Namespace) -> int:
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """``fewcore plugins``: every registered component and the distribution it comes from."""
     components = fewcore.registry().components()
     records = [
         {
@@ -64,7 +62,8 @@ def info() -> dict[str, object]:
     }
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
+def cmd_info(args: argparse.Namespace) -> int:
+    """``fewcore info``: the report of :func:`info`."""
     data = info()
     if args.json:
         print(json.dumps(data, indent=2))
@@ -76,7 +75,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_check(args: argparse.Namespace) -> int:
+def cmd_check(args: argparse.Namespace) -> int:
+    """``fewcore check``: every compiled op against its reference; exit status 1 on any failure."""
     from fewcore.ops import check_ops
 
     results = check_ops(args.device or None)
@@ -93,38 +93,3 @@ def _cmd_check(args: argparse.Namespace) -> int:
         failed = sum(not r.passed for r in results)
         print(f"\n{len(results) - failed}/{len(results)} passed (errors relative to max(1, |reference|))")
     return 0 if all(r.passed for r in results) else 1
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fewcore", description="Few-shot learning with fused kernels and plugins.")
-    parser.add_argument("--version", action="version", version=f"fewcore {fewcore.__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    plugins = commands.add_parser("plugins", help="list every registered component")
-    plugins.add_argument("--json", action="store_true", help="machine-readable output")
-    plugins.set_defaults(func=_cmd_plugins)
-
-    info_cmd = commands.add_parser("info", help="versions, active ops, compiled kernels, devices")
-    info_cmd.add_argument("--json", action="store_true", help="machine-readable output")
-    info_cmd.set_defaults(func=_cmd_info)
-
-    check = commands.add_parser("check", help="compare every compiled op with its reference on every device")
-    check.add_argument("--device", action="append", help="check only this device (repeatable; default: all)")
-    check.add_argument("--json", action="store_true", help="machine-readable output")
-    check.set_defaults(func=_cmd_check)
-
-    add_engine_commands(commands)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (fewcore.PluginLoadError, fewcore.RegistryError, _extension.ExtensionNotAvailable) as exc:
-        print(f"fewcore: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
