@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import zipfile
@@ -353,6 +354,18 @@ def test_tensors_from_uint8_images_and_a_fraction_split() -> None:
     assert [len(dataset.classes(s)) for s in ("train", "val", "test")] == [5, 2, 3]
     assert sorted(all_classes(dataset)) == sorted(set(y))
     assert torch.equal(dataset.items("class3"), torch.ones(4, 1, 5, 5))
+
+
+def test_tensors_default_split_is_60_20_20_of_the_classes_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    x, y = torch.zeros(20, 3), [i % 10 for i in range(20)]
+    with caplog.at_level(logging.WARNING, logger="fewcore.plugins.datasets.tensors"):
+        dataset = fewcore.create("dataset", "tensors", x=x, y=y)
+    assert [len(dataset.classes(s)) for s in ("train", "val", "test")] == [6, 2, 2]
+    assert "split the 10 classes by fractions 0.6/0.2/0.2 (seed 0) into train 6, val 2, test 2" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fewcore.plugins.datasets.tensors"):
+        fewcore.create("dataset", "tensors", x=x, y=y, splits={"train": range(5), "test": range(5, 10)})
+    assert caplog.text == ""
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".npz"])

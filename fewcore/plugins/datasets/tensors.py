@@ -3,10 +3,16 @@
 Give images or pre-extracted feature vectors with one label each — as tensors, numpy arrays, or
 a file (``.pt`` holding ``{"x": ..., "y": ...}``, read with ``weights_only=True``, or ``.npz``
 holding arrays ``x`` and ``y``) — and choose which labels form which split.
+
+Given only ``x`` and ``y``, the classes (not the items) are split 60/20/20 into train,
+validation and test by a seeded shuffle (``fractions=(0.6, 0.2, 0.2)``, ``seed=0``), and the
+split is logged as a warning (shown by default) so that it is never applied unseen; pass
+``splits`` to choose the classes of each split yourself.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -16,6 +22,8 @@ import torch
 from torch import Tensor
 
 from fewcore.plugins.datasets._store import ClassStore, choose_splits
+
+logger = logging.getLogger(__name__)
 
 
 def _load(path: str | os.PathLike[str]) -> tuple[Any, Any]:
@@ -47,7 +55,7 @@ class Tensors(ClassStore):
         y: ``[n]`` labels: integers or strings.
         path: instead of ``x`` and ``y``, a ``.pt`` or ``.npz`` file holding them.
         splits: split → labels of its classes; classes listed nowhere are unused. ``None``: a
-            seeded split by ``fractions``.
+            seeded split of the classes by ``fractions`` (60/20/20 by default), logged as a warning.
         fractions: (train, val, test) fractions of the classes, when ``splits`` is None.
         seed: seed of the split by fractions.
 
@@ -84,4 +92,13 @@ class Tensors(ClassStore):
             by_class.setdefault(label, []).append(index)
         per_class = {label: items[torch.tensor(indices)] for label, indices in by_class.items()}
         chosen = choose_splits(sorted(per_class), splits, fractions, seed)
+        if splits is None:
+            logger.warning(
+                "tensors: no splits given; split the %d classes by fractions %s (seed %d) into %s "
+                "(pass splits= to choose them)",
+                len(per_class),
+                "/".join(f"{f:g}" for f in fractions),
+                seed,
+                ", ".join(f"{split} {len(names)}" for split, names in chosen.items()),
+            )
         super().__init__(per_class, chosen)
