@@ -77,6 +77,22 @@ def test_train_refuses_to_overwrite_and_resumes(fakes, fake_toml: Path, tmp_path
     assert "12 steps" in capsys.readouterr().out
 
 
+def test_train_overwrite_starts_a_finished_run_over(fakes, fake_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert main(["train", str(fake_toml), "--run-dir", str(run), "--no-progress"]) == 0
+    assert main(["plot", str(run)]) == 0 and (run / "curves.png").is_file()
+    capsys.readouterr()
+    assert main(["train", str(fake_toml), "--run-dir", str(run), "--no-progress"]) == 2
+    assert "start it over with --overwrite" in capsys.readouterr().err
+    assert main(["train", str(fake_toml), "--run-dir", str(run), "--no-progress", "--resume", "--overwrite"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+    # A different step count would be refused on resume; starting over accepts any config.
+    assert main(["train", str(fake_toml), "--run-dir", str(run), "--no-progress", "--overwrite", "--set", "train.steps=4"]) == 0
+    assert "4 steps" in capsys.readouterr().out
+    assert not (run / "curves.png").exists(), "the old run's files must be gone"
+    assert fewcore.engine.load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

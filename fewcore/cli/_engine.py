@@ -43,7 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``fewcore train``: meta-train from a TOML config."""
     config = _train_config(args)
     try:
-        result = train(config, resume=args.resume, progress=not args.no_progress)
+        result = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     except KeyboardInterrupt:
         print(
             f"\ninterrupted; resume from the last checkpoint with: fewcore train {args.config} --resume "

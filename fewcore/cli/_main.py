@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_cmd.add_argument("--run-dir", type=Path, default=None, help="where to write (default: run.dir of the config)")
     _add_device(train_cmd)
     train_cmd.add_argument("--resume", action="store_true", help="continue the run in the run directory from its last checkpoint")
+    train_cmd.add_argument(
+        "--overwrite", action="store_true", help="start over: delete the run directory's finished or stopped run first"
+    )
     train_cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
     train_cmd.set_defaults(func=_engine.cmd_train)
 

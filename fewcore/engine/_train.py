@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -142,6 +143,7 @@ def train(
     config: Config,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     on_step: Callable[[int, Learner], None] | None = None,
 ) -> TrainResult:
@@ -155,18 +157,23 @@ def train(
         config: the run config.
         resume: continue the run in ``config.run.dir`` from ``last.pt``; its config must equal
             ``config`` except for :data:`RESUMABLE_CHANGES` (e.g. ``train.steps`` to train longer).
+        overwrite: start over: delete the run directory first when it holds a run (one with
+            ``checkpoints/last.pt``), with everything in it (checkpoints, metrics, evaluations, plots).
         progress: show a progress bar (episodes/s, loss, running accuracy).
         on_step: called with the step number and the learner after each step is complete
             (checkpoint included), e.g. for custom monitoring.
 
     Raises:
-        ResumeError: the run directory already holds a run and ``resume`` is False, or the
-            config differs from the one being resumed.
+        ResumeError: the run directory already holds a run and neither ``resume`` nor
+            ``overwrite`` is set, the config differs from the one being resumed, or both
+            ``resume`` and ``overwrite`` are set.
     """
+    if resume and overwrite:
+        raise ResumeError("resume and overwrite exclude each other: continue the run or start it over, not both")
     device = resolve_device(config.train.device)
     rank, world_size, joined = _distributed(device)
     try:
-        return _train(config, device, rank, world_size, resume, progress, on_step)
+        return _train(config, device, rank, world_size, resume, overwrite, progress, on_step)
     finally:
         if joined:
             dist.destroy_process_group()
@@ -178,6 +185,7 @@ def _train(
     rank: int,
     world_size: int,
     resume: bool,
+    overwrite: bool,
     progress: bool,
     on_step: Callable[[int, Learner], None] | None,
 ) -> TrainResult:
@@ -188,7 +196,10 @@ def _train(
         torch.cuda.set_device(device)
     run_dir = Path(config.run.dir)
     last_path, best_path = checkpoint_paths(run_dir)
-    saved = _read_resume_state(config, last_path, resume)
+    if overwrite and rank == 0 and last_path.exists():
+        logger.warning("overwrite: deleting the run in %s to start it over", run_dir)
+        shutil.rmtree(run_dir)
+    saved = None if overwrite else _read_resume_state(config, last_path, resume)
     if saved is not None and saved["world_size"] != world_size:
         raise ResumeError(
             f"{last_path} was written by {saved['world_size']} processes; resume it with the same number, not {world_size}"
@@ -392,7 +403,8 @@ def _read_resume_state(config: Config, last_path: Path, resume: bool) -> dict[st
     if not resume:
         raise ResumeError(
             f"{last_path.parent.parent} already holds a run (last checkpoint at step {saved['step']}); "
-            "resume it with --resume (train(..., resume=True)) or choose another run directory (--run-dir)"
+            "resume it with --resume (train(..., resume=True)), start it over with --overwrite "
+            "(train(..., overwrite=True), which deletes it) or choose another run directory (--run-dir)"
         )
     changes = _config_changes(saved["config"], config.to_dict())
     if config.train.scheduler == "cosine" and saved["config"]["train"]["steps"] != config.train.steps:
