@@ -9,6 +9,7 @@ from typing import Callable
 
 from fewcore import Learner, hookimpl
 from fewcore.hookspecs import Register
+from fewcore.plugins.learners.anil import ANIL
 from fewcore.plugins.learners.maml import MAML, MetaSGD
 from fewcore.plugins.learners.mann import MANN
 from fewcore.plugins.learners.matching import MatchingNetworks
@@ -23,6 +24,7 @@ LEARNERS: dict[str, Callable[..., Learner]] = {
     "metasgd": MetaSGD,
     "siamese": SiameseNetwork,
     "mann": MANN,
+    "anil": ANIL,
 }
 
 
