@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import re
 import sys
 import typing
@@ -308,6 +309,12 @@ def _check_values(config: Config, source: str) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{source}: {key} must be at least 1, got {value}")
+    for name in _SECTIONS:
+        section = getattr(config, name)
+        for item in dataclasses.fields(section):
+            value = getattr(section, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{source}: {name}.{item.name} must be a finite number, got {value}")
     if config.val.every < 0:
         raise ConfigError(f"{source}: val.every must be 0 (off) or positive, got {config.val.every}")
     if config.train.lr <= 0:
@@ -380,9 +387,20 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     """
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))  # TOML is UTF-8 whatever the locale
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        found = sorted(path.glob("*.toml"))
+        hint = f", e.g. {found[0]}" if found else ""
+        raise ConfigError(f"config path {path} is a directory; give a TOML file{hint}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            "TOML configs must be UTF-8: save the file with UTF-8 encoding"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     data.setdefault("run", {}).setdefault("dir", f"runs/{path.stem}")
