@@ -8,7 +8,7 @@ import pytest
 
 import fewcore
 from fewcore.config import Config, ConfigError, load_config, parse_override, parse_setting
-from fewcore.engine import BuildError, build_learner
+from fewcore.engine import BuildError, build_dataset, build_learner
 from fewcore.testing import random_episode
 
 REPO = Path(__file__).resolve().parent.parent
@@ -168,3 +168,19 @@ def test_a_learner_input_shape_that_does_not_match_the_dataset_is_refused_before
     assert isinstance(build_learner(config, item_shape=(1, 32, 32)), fewcore.Learner)
     with pytest.raises(BuildError, match=r"input_shape = \[1, 32, 32\] does not match the dataset's items \[1, 28, 28\]"):
         build_learner(config, item_shape=(1, 28, 28))
+
+
+@pytest.mark.omniglot
+def test_classic_5_way_5_shot_config_trains_and_tests_on_28x28_omniglot(omniglot_dir: Path, tmp_path: Path) -> None:
+    config = load_config(
+        REPO / "configs" / "protonet_omniglot_5w5s.toml",
+        [
+            f'dataset.train.root="{omniglot_dir / "images_background_small1.zip"}"',
+            f'dataset.test.root="{omniglot_dir / "images_background_small2.zip"}"',
+            f'dataset.cache_dir="{tmp_path}"',
+        ],
+    )
+    assert (config.train.k_shot, config.val.setting, config.eval.settings) == (5, "5-way 5-shot", ["5-way 5-shot"])
+    dataset = build_dataset(config)
+    assert tuple(dataset.item_shape) == (1, 28, 28)
+    assert len(dataset.classes("test")) >= 5
