@@ -31,6 +31,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
             if candidate.is_file():
                 return candidate
         raise FileNotFoundError(f"{path} is a directory without checkpoints/best.pt or checkpoints/last.pt")
+    in_run = path.parent / "checkpoints" / path.name
+    if not path.exists() and in_run.is_file():
+        # `RUN/best.pt` for `RUN/checkpoints/best.pt` is the likeliest slip: name both right forms.
+        raise FileNotFoundError(f"no checkpoint at {path}; pass the run directory {path.parent} (its best.pt) or the file {in_run}")
     return path
 
 

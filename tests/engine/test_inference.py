@@ -53,6 +53,15 @@ def test_load_errors(tmp_path: Path) -> None:
         fewcore.load(tmp_path / "nothing.pt")
 
 
+def test_load_of_run_slash_best_names_the_right_paths(trained_run: Path) -> None:
+    # `RUN/best.pt` is what a user types for `RUN/checkpoints/best.pt`; the error shows both right forms.
+    with pytest.raises(FileNotFoundError) as error:
+        fewcore.load(trained_run / "best.pt")
+    message = str(error.value)
+    assert f"pass the run directory {trained_run} " in message
+    assert str(trained_run / "checkpoints" / "best.pt") in message
+
+
 def _png(path: Path, ink_on_white: bool, size: int = 40, color: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     background, ink = (255, 0) if ink_on_white else (0, 255)
