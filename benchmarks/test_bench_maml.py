@@ -75,7 +75,7 @@ def build(
     backbone = fewcore.create("backbone", "conv4", in_channels=1, hidden_channels=hidden_channels)
     return MAML(
         backbone, n_way=N_WAY, inner_steps=steps, first_order=order == "first", task_batching=task_batching,
-        tasks_per_vmap=tasks_per_vmap, input_shape=(1, side, side),
+        tasks_per_vmap=tasks_per_vmap, item_shape=(1, side, side),
     )
 
 

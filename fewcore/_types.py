@@ -64,11 +64,40 @@ class LearnerOutput:
 
 
 class Backbone(nn.Module, abc.ABC):
-    """Maps ``[batch, *input_shape]`` inputs to ``[batch, E]`` embeddings."""
+    """Maps ``[batch, *input_shape]`` inputs to ``[batch, E]`` embeddings.
+
+    A backbone's factory is called as ``factory(item_shape=..., **config)``: the engine passes the
+    dataset's item shape (e.g. ``(1, 28, 28)``) so that no config has to repeat it. A backbone
+    that keeps spatial structure also hands out its feature maps (:meth:`forward_features`,
+    :meth:`feature_shape`), for learners that compare items spatially (Relation Networks).
+    """
 
     @abc.abstractmethod
     def embedding_size(self, input_shape: tuple[int, ...]) -> int:
         """E, the embedding size for inputs of shape ``input_shape`` (without the batch dim)."""
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Feature maps ``[batch, *feature_shape(x.shape[1:])]`` (e.g. ``[batch, C, H', W']``) of
+        inputs ``[batch, *input_shape]``, before they are pooled or flattened into embeddings.
+
+        Raises:
+            NotImplementedError: this backbone has no feature maps (the default).
+        """
+        raise self._no_feature_maps()
+
+    def feature_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of one item's feature maps (without the batch dim) for inputs of ``input_shape``.
+
+        Raises:
+            NotImplementedError: this backbone has no feature maps (the default).
+        """
+        raise self._no_feature_maps()
+
+    def _no_feature_maps(self) -> NotImplementedError:
+        return NotImplementedError(
+            f"{type(self).__name__} gives only flat embeddings; a learner that needs feature maps "
+            "needs a backbone that implements forward_features and feature_shape (e.g. conv4, resnet12)"
+        )
 
     @property
     def example_input_shape(self) -> tuple[int, ...]:
@@ -84,7 +113,12 @@ class Backbone(nn.Module, abc.ABC):
 
 
 class Learner(nn.Module, abc.ABC):
-    """A few-shot method: an episode batch in, query logits and a loss out."""
+    """A few-shot method: an episode batch in, query logits and a loss out.
+
+    A learner's factory is called as ``factory(backbone=..., item_shape=..., **config)``, with
+    ``item_shape`` the dataset's item shape (to size heads); it keeps ``backbone`` as its
+    ``.backbone`` attribute, where the engine and :mod:`fewcore.testing` find it.
+    """
 
     @abc.abstractmethod
     def forward(self, episode: Episode) -> LearnerOutput:

@@ -1,4 +1,17 @@
-"""Input checks and embedding helpers shared by the built-in metric-based learners."""
+"""Episode helpers for learner authors: input checks, label one-hots and batched embedding.
+
+The built-in learners use these, and a plugin's learner can too (they are public API)::
+
+    from fewcore.episodes import check_episode, check_task_batch, class_one_hot, embed_tasks
+
+    class NearestCentroid(fewcore.Learner):
+        def predict(self, support_x, support_y, query_x):
+            n_way = check_task_batch(support_x, support_y, query_x)
+            support, query = embed_tasks(self.backbone, support_x, query_x)
+            one_hot = class_one_hot(support_y, n_way)  # [B, Ns, N]
+            centroids = one_hot.transpose(1, 2) @ support / one_hot.sum(1)[..., None]
+            return -torch.cdist(query, centroids)
+"""
 
 from __future__ import annotations
 
@@ -6,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fewcore import Episode
+from fewcore._types import Backbone, Episode
+
+__all__ = ["check_episode", "check_task_batch", "class_one_hot", "embed_tasks"]
 
 
 def check_task_batch(support_x: Tensor, support_y: Tensor, query_x: Tensor, n_way: int | None = None) -> int:
@@ -81,27 +96,45 @@ def class_one_hot(labels: Tensor, n_way: int) -> Tensor:
     return F.one_hot(labels.long(), n_way).float()
 
 
-def embed_tasks(backbone: nn.Module, support_x: Tensor, query_x: Tensor) -> tuple[Tensor, Tensor]:
+def embed_tasks(
+    backbone: nn.Module, support_x: Tensor, query_x: Tensor, feature_maps: bool = False
+) -> tuple[Tensor, Tensor]:
     """Embed support and query items of every task in one backbone call.
 
     One call (rather than one per set) puts support and query items in the same batch-norm batch,
     as in the reference implementations, and costs one launch sequence instead of two.
 
     Args:
-        backbone: maps ``[n, *item_shape]`` to ``[n, D]``.
+        backbone: maps ``[n, *item_shape]`` to ``[n, D]``; with ``feature_maps``, a
+            :class:`fewcore.Backbone` whose ``forward_features`` maps ``[n, *item_shape]`` to
+            ``[n, *feature_shape]`` (e.g. ``[n, C, H', W']``).
         support_x: ``[B, Ns, *item_shape]``.
         query_x: ``[B, Nq, *item_shape]``.
+        feature_maps: return the backbone's feature maps (``forward_features``) instead of its
+            flat embeddings, for learners that compare items spatially (Relation Networks).
 
     Returns:
-        ``([B, Ns, D], [B, Nq, D])`` embeddings.
+        ``([B, Ns, D], [B, Nq, D])`` embeddings, or ``([B, Ns, *feature_shape], [B, Nq,
+        *feature_shape])`` feature maps.
     """
     batch, n_support = support_x.shape[:2]
     items = torch.cat([support_x, query_x], dim=1).flatten(0, 1)  # task by task: [B * (Ns + Nq), ...]
-    embeddings = backbone(items)
-    if embeddings.dim() != 2 or embeddings.shape[0] != items.shape[0]:
+    if feature_maps:
+        if not isinstance(backbone, Backbone):
+            raise TypeError(
+                f"feature_maps=True needs a fewcore.Backbone (with forward_features); got {type(backbone).__name__}"
+            )
+        features = backbone.forward_features(items)
+    else:
+        features = backbone(items)
+        if features.dim() != 2:
+            raise ValueError(
+                f"the backbone must map [n, *item_shape] to [n, D] embeddings; it mapped {tuple(items.shape)} "
+                f"to {tuple(features.shape)}"
+            )
+    if features.shape[0] != items.shape[0]:
         raise ValueError(
-            f"the backbone must map [n, *item_shape] to [n, D] embeddings; it mapped {tuple(items.shape)} "
-            f"to {tuple(embeddings.shape)}"
+            f"the backbone must give one output per item; it mapped {tuple(items.shape)} to {tuple(features.shape)}"
         )
-    embeddings = embeddings.view(batch, -1, embeddings.shape[-1])
-    return embeddings[:, :n_support], embeddings[:, n_support:]
+    features = features.view(batch, -1, *features.shape[1:])
+    return features[:, :n_support], features[:, n_support:]

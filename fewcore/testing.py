@@ -123,7 +123,8 @@ def check_backbone(
     """Check a backbone against the :class:`~fewcore.Backbone` contract.
 
     Args:
-        factory: builds the backbone as ``factory(**config)``.
+        factory: builds the backbone as ``factory(item_shape=input_shape, **config)`` (as the
+            engine does with the dataset's item shape), or ``factory(**config)`` without one.
         input_shape: one item's shape; defaults to the backbone's ``example_input_shape``.
         batch_size: items per checked batch (at least 2).
         seed: seeds construction and inputs.
@@ -139,7 +140,7 @@ def check_backbone(
 
     def build() -> Backbone:
         torch.manual_seed(seed)
-        backbone = factory(**config)
+        backbone = factory(**config) if input_shape is None else factory(item_shape=tuple(input_shape), **config)
         if not isinstance(backbone, Backbone):
             raise AssertionError(f"{who} built a {type(backbone).__name__}, not a fewcore.Backbone subclass")
         return backbone
@@ -202,8 +203,10 @@ def check_learner(
     """Check a learner against the :class:`~fewcore.Learner` contract on a random episode batch.
 
     Args:
-        factory: builds the learner as ``factory(backbone=backbone, **config)``.
-        backbone_factory: builds its backbone as ``backbone_factory(**backbone_config)``.
+        factory: builds the learner as ``factory(backbone=backbone, item_shape=input_shape,
+            **config)`` (as the engine does), or without ``item_shape`` when none is given.
+        backbone_factory: builds its backbone as ``backbone_factory(item_shape=input_shape,
+            **backbone_config)``, or without ``item_shape`` when none is given.
         input_shape: one item's shape; defaults to the backbone's ``example_input_shape``.
         backbone_config: keyword arguments for ``backbone_factory``.
         n_way, k_shot, q_query, batch_size: the episode's N, K, Q and B.
@@ -220,8 +223,9 @@ def check_learner(
 
     def build() -> Learner:
         torch.manual_seed(seed)
-        backbone = backbone_factory(**(backbone_config or {}))
-        learner = factory(backbone=backbone, **config)
+        shape_option = {} if input_shape is None else {"item_shape": tuple(input_shape)}
+        backbone = backbone_factory(**shape_option, **(backbone_config or {}))
+        learner = factory(backbone=backbone, **shape_option, **config)
         if not isinstance(learner, Learner):
             raise AssertionError(f"{who} built a {type(learner).__name__}, not a fewcore.Learner subclass")
         return learner

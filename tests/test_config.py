@@ -153,9 +153,9 @@ def test_every_shipped_config_learner_classifies_each_setting_the_config_asks_fo
     # config must ask its learner only for settings it can classify, or training / evaluation
     # (benchmarks/accuracy.py evaluates eval.settings) fails after the training time is spent.
     config = load_config(path)
-    learner = build_learner(config).eval()
-    settings = {f"{config.train.n_way}-way {config.train.k_shot}-shot", config.val.setting, *config.eval.settings}
     side = config.dataset.options.get("image_size", 28)  # 28: the image datasets' default
+    learner = build_learner(config, (1, side, side)).eval()
+    settings = {f"{config.train.n_way}-way {config.train.k_shot}-shot", config.val.setting, *config.eval.settings}
     for text in sorted(settings):
         n_way, k_shot = parse_setting(text)
         episode = random_episode((1, side, side), n_way=n_way, k_shot=k_shot, q_query=1, batch_size=1)
@@ -163,11 +163,16 @@ def test_every_shipped_config_learner_classifies_each_setting_the_config_asks_fo
         assert scores.shape == (1, n_way, n_way), f"{path.name}: {text}"
 
 
-def test_a_learner_input_shape_that_does_not_match_the_dataset_is_refused_before_training() -> None:
-    config = load_config(REPO / "configs" / "maml_omniglot.toml")  # input_shape = [1, 32, 32]
-    assert isinstance(build_learner(config, item_shape=(1, 32, 32)), fewcore.Learner)
-    with pytest.raises(BuildError, match=r"input_shape = \[1, 32, 32\] does not match the dataset's items \[1, 28, 28\]"):
-        build_learner(config, item_shape=(1, 28, 28))
+def test_the_dataset_item_shape_reaches_backbone_and_learner_and_a_config_may_not_repeat_it() -> None:
+    config = load_config(REPO / "configs" / "maml_omniglot.toml")  # Conv4 + MAML, no shape in the config
+    for side, embedding in ((32, 64 * 2 * 2), (28, 64 * 1 * 1)):
+        learner = build_learner(config, item_shape=(1, side, side))
+        assert learner.model.head.in_features == embedding  # the head is sized from the items
+    rgb = build_learner(config, item_shape=(3, 32, 32))
+    assert rgb.backbone.in_channels == 3  # the backbone's input layer too
+    config.learner.options["item_shape"] = [1, 32, 32]
+    with pytest.raises(BuildError, match=r"\[learner\] item_shape is set by fewcore .* remove learner.item_shape"):
+        build_learner(config, item_shape=(1, 32, 32))
 
 
 @pytest.mark.omniglot

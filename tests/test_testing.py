@@ -94,7 +94,7 @@ def test_check_backbone_passes_correct_backbones() -> None:
 )
 def test_check_backbone_catches(factory: Any, message: str) -> None:
     with pytest.raises(AssertionError, match=message):
-        check_backbone(factory, input_shape=(6,))
+        check_backbone(factory)
 
 
 def test_a_backbone_without_example_input_shape_is_told_to_declare_one() -> None:

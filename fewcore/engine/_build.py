@@ -16,6 +16,12 @@ class BuildError(ValueError):
 
 
 def _create(kind: str, section: str, component: ComponentConfig, **extra: Any) -> Any:
+    given_twice = sorted(set(extra) & set(component.options))
+    if given_twice:
+        raise BuildError(
+            f"[{section}] {', '.join(given_twice)} is set by fewcore (from the dataset and the run), "
+            f"not by the config: remove {', '.join(f'{section}.{key}' for key in given_twice)}"
+        )
     try:
         return fewcore.create(kind, component.name, **extra, **component.options)
     except fewcore.RegistryError as exc:
@@ -39,24 +45,20 @@ def build_learner(config: Config, item_shape: tuple[int, ...] | None = None) -> 
 
     Args:
         config: the run config.
-        item_shape: when given, the backbone is checked to accept items of this shape, so a
-            mismatch (e.g. ``in_channels``) is reported before training starts.
+        item_shape: the dataset's item shape, passed to the backbone and learner factories as
+            ``item_shape`` (so no config repeats it); the backbone is checked to accept it, so a
+            mismatch is reported before training starts.
     """
-    backbone = _create("backbone", "backbone", config.backbone)
-    if item_shape is not None:
-        try:
-            backbone.embedding_size(tuple(item_shape))
-        except ValueError as exc:
-            raise BuildError(f"[backbone] {config.backbone.name!r} does not fit the dataset's items: {exc}") from exc
-        # Learners that size a head from `input_shape` (MAML, Meta-SGD) would otherwise fail at the
-        # first step with a matrix-shape error that names neither option.
-        declared = config.learner.options.get("input_shape")
-        if declared is not None and tuple(declared) != tuple(item_shape):
-            raise BuildError(
-                f"[learner] input_shape = {list(declared)} does not match the dataset's items {list(item_shape)}; "
-                f"set learner.input_shape = {list(item_shape)} (or change the dataset's image size)"
-            )
-    return _create("learner", "learner", config.learner, backbone=backbone)
+    if item_shape is None:
+        backbone = _create("backbone", "backbone", config.backbone)
+        return _create("learner", "learner", config.learner, backbone=backbone)
+    shape = tuple(item_shape)
+    backbone = _create("backbone", "backbone", config.backbone, item_shape=shape)
+    try:
+        backbone.embedding_size(shape)
+    except ValueError as exc:
+        raise BuildError(f"[backbone] {config.backbone.name!r} does not fit the dataset's items: {exc}") from exc
+    return _create("learner", "learner", config.learner, backbone=backbone, item_shape=shape)
 
 
 def build_sampler(

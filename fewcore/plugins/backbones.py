@@ -2,7 +2,9 @@
 
 Every backbone maps ``[batch, *input_shape]`` to ``[batch, E]`` embeddings and reports ``E``
 through ``embedding_size(input_shape)``; ``example_input_shape`` is an input it accepts as built
-(the registry-driven conformance tests feed it).
+(the registry-driven conformance tests feed it). Each takes the dataset's ``item_shape`` (the
+engine passes it) and sizes its input layer from it. Conv4 and ResNet-12 also hand out their
+last stage's feature maps (``forward_features``, ``[batch, C, H', W']``).
 
 **Conv4** (Vinyals et al. 2016, "Matching Networks for One Shot Learning"; Snell et al. 2017,
 "Prototypical Networks for Few-shot Learning"): four blocks
@@ -39,6 +41,20 @@ from fewcore.hookspecs import Register
 
 #: a 2×2 max-pool halves (and floors) each spatial side; four stages divide by 16
 _DOWNSAMPLING = 16
+
+
+def _in_channels(name: str, in_channels: int | None, item_shape: Sequence[int] | None, default: int) -> int:
+    """The input channels: ``item_shape[0]`` when an item shape is given, else ``in_channels``."""
+    if item_shape is None:
+        return default if in_channels is None else in_channels
+    if len(item_shape) != 3:
+        raise ValueError(f"{name} takes images (C, H, W); the items have shape {tuple(item_shape)}")
+    if in_channels is not None and in_channels != item_shape[0]:
+        raise ValueError(
+            f"{name}: in_channels={in_channels} contradicts the items' shape {tuple(item_shape)}; "
+            "leave in_channels out, it is taken from the items"
+        )
+    return int(item_shape[0])
 
 
 def _check_image_shape(name: str, input_shape: tuple[int, ...], in_channels: int) -> tuple[int, int]:
@@ -80,16 +96,20 @@ class Conv4(_ImageBackbone):
     """Four [3×3 conv, batch norm, ReLU, 2×2 max-pool] blocks, flattened.
 
     Args:
-        in_channels: channels of the input images (1 for Omniglot, 3 for RGB).
+        in_channels: channels of the input images (1 for Omniglot, 3 for RGB); default
+            ``item_shape[0]``, or 1 without an item shape.
         hidden_channels: channels of every block (64 in the papers).
+        item_shape: the shape ``(C, H, W)`` of one item (the engine passes the dataset's).
     """
 
-    def __init__(self, in_channels: int = 1, hidden_channels: int = 64) -> None:
+    def __init__(
+        self, in_channels: int | None = None, hidden_channels: int = 64, item_shape: Sequence[int] | None = None
+    ) -> None:
         super().__init__()
-        self.in_channels = in_channels
+        self.in_channels = _in_channels("Conv4", in_channels, item_shape, default=1)
         self.hidden_channels = hidden_channels
         blocks = []
-        channels = in_channels
+        channels = self.in_channels
         for _ in range(4):
             blocks += [
                 nn.Conv2d(channels, hidden_channels, kernel_size=3, padding=1),
@@ -105,6 +125,16 @@ class Conv4(_ImageBackbone):
         height, width = _check_image_shape("Conv4", tuple(input_shape), self.in_channels)
         return self.hidden_channels * (height // _DOWNSAMPLING) * (width // _DOWNSAMPLING)
 
+    def feature_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """``(hidden_channels, floor(H/16), floor(W/16))`` for ``input_shape = (C, H, W)``."""
+        height, width = _check_image_shape("Conv4", tuple(input_shape), self.in_channels)
+        return (self.hidden_channels, height // _DOWNSAMPLING, width // _DOWNSAMPLING)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``[batch, in_channels, H, W]`` images → ``[batch, hidden_channels, H/16, W/16]`` feature maps."""
+        self._check_input(x)
+        return self.features(x)
+
     def forward(self, x: Tensor) -> Tensor:
         """Embed images.
 
@@ -114,8 +144,7 @@ class Conv4(_ImageBackbone):
         Returns:
             ``[batch, E]`` embeddings, ``E = embedding_size(x.shape[1:])``.
         """
-        self._check_input(x)
-        return self.features(x).flatten(1)
+        return self.forward_features(x).flatten(1)
 
 
 class _ResidualStage(nn.Module):
@@ -145,24 +174,27 @@ class ResNet12(_ImageBackbone):
     """ResNet-12: four residual stages and global average pooling.
 
     Args:
-        in_channels: channels of the input images (3 for miniImageNet, 1 for Omniglot).
+        in_channels: channels of the input images (3 for miniImageNet, 1 for Omniglot); default
+            ``item_shape[0]``, or 3 without an item shape.
         channels: output channels of the four stages.
         negative_slope: slope of the LeakyReLU activations.
+        item_shape: the shape ``(C, H, W)`` of one item (the engine passes the dataset's).
     """
 
     def __init__(
         self,
-        in_channels: int = 3,
+        in_channels: int | None = None,
         channels: Sequence[int] = (64, 160, 320, 640),
         negative_slope: float = 0.1,
+        item_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if len(channels) != 4:
             raise ValueError(f"ResNet12 has four stages, so channels needs 4 entries; got {list(channels)}")
-        self.in_channels = in_channels
+        self.in_channels = _in_channels("ResNet12", in_channels, item_shape, default=3)
         self.channels = tuple(channels)
         stages = []
-        previous = in_channels
+        previous = self.in_channels
         for out in self.channels:
             stages.append(_ResidualStage(previous, out, negative_slope))
             previous = out
@@ -176,6 +208,16 @@ class ResNet12(_ImageBackbone):
         _check_image_shape("ResNet12", tuple(input_shape), self.in_channels)
         return self.channels[-1]
 
+    def feature_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """``(channels[-1], floor(H/16), floor(W/16))`` for ``input_shape = (C, H, W)``."""
+        height, width = _check_image_shape("ResNet12", tuple(input_shape), self.in_channels)
+        return (self.channels[-1], height // _DOWNSAMPLING, width // _DOWNSAMPLING)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``[batch, in_channels, H, W]`` images → ``[batch, channels[-1], H/16, W/16]`` feature maps."""
+        self._check_input(x)
+        return self.stages(x)
+
     def forward(self, x: Tensor) -> Tensor:
         """Embed images.
 
@@ -185,21 +227,37 @@ class ResNet12(_ImageBackbone):
         Returns:
             ``[batch, channels[-1]]`` embeddings.
         """
-        self._check_input(x)
-        return self.stages(x).mean(dim=(2, 3))
+        return self.forward_features(x).mean(dim=(2, 3))
 
 
 class MLP(Backbone):
     """A multilayer perceptron for feature vectors: ``Linear → ReLU`` per hidden layer, then ``Linear``.
 
     Args:
-        in_features: size of one (flattened) input item.
+        in_features: size of one (flattened) input item; default ``prod(item_shape)``, or 64
+            without an item shape.
         hidden_features: sizes of the hidden layers (empty for a single linear map).
         out_features: the embedding size E.
+        item_shape: the shape of one item (the engine passes the dataset's).
     """
 
-    def __init__(self, in_features: int = 64, hidden_features: Sequence[int] = (128,), out_features: int = 64) -> None:
+    def __init__(
+        self,
+        in_features: int | None = None,
+        hidden_features: Sequence[int] = (128,),
+        out_features: int = 64,
+        item_shape: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
+        if item_shape is None:
+            in_features = 64 if in_features is None else in_features
+        elif in_features is not None and in_features != math.prod(item_shape):
+            raise ValueError(
+                f"MLP: in_features={in_features} contradicts the items' shape {tuple(item_shape)} "
+                f"({math.prod(item_shape)} features); leave in_features out, it is taken from the items"
+            )
+        else:
+            in_features = math.prod(item_shape)
         self.in_features = in_features
         self.out_features = out_features
         layers: list[nn.Module] = []

@@ -220,7 +220,7 @@ def test_second_order_meta_gradient_matches_finite_differences(learner_cls: type
 def test_vmapped_and_looped_meta_gradients_agree_on_conv4(learner_cls: type[MAML], first_order: bool) -> None:
     torch.manual_seed(2)
     backbone = fewcore.create("backbone", "conv4", hidden_channels=4)
-    learner = learner_cls(backbone, n_way=5, inner_steps=2, first_order=first_order, input_shape=(1, 16, 16)).to(F64)
+    learner = learner_cls(backbone, n_way=5, inner_steps=2, first_order=first_order, item_shape=(1, 16, 16)).to(F64)
     episode = random_episode(batch=3, n_way=5, k_shot=1, q_query=1, item_shape=(1, 16, 16), seed=2)
     learner.task_batching = "vmap"
     vmapped = meta_gradients(learner, episode)
@@ -387,7 +387,7 @@ def test_learns_one_shot_glyphs(name: str) -> None:
 
     backbone = fewcore.create("backbone", "conv4", hidden_channels=16)
     learner = fewcore.create(
-        "learner", name, backbone=backbone, input_shape=dataset.item_shape, eval_inner_steps=3
+        "learner", name, backbone=backbone, item_shape=dataset.item_shape, eval_inner_steps=3
     )
     test = list(itertools.islice(episodes("test", 1), 5))
 

@@ -13,8 +13,7 @@ from torch import Tensor
 import fewcore
 from fewcore import Episode, ops
 from fewcore.testing import random_episode
-from fewcore.plugins.learners.siamese import SiameseNetwork, class_scores, contrastive_loss
-from fewcore.plugins.pair_sampler import balanced_pairs
+from fewcore.plugins.learners.siamese import SiameseNetwork, balanced_pairs, class_scores, contrastive_loss
 
 
 # Tiny models: a second intra-op thread only adds synchronisation (see tests/conftest.py).
@@ -179,7 +178,7 @@ def test_siamese_learns_one_shot_glyphs(config: dict[str, Any], steps: int, mini
         )
 
     test = list(itertools.islice(episodes("test", 5, 1), 10))
-    learner = SiameseNetwork(fewcore.create("backbone", "conv4", hidden_channels=16), input_shape=dataset.item_shape, **config)
+    learner = SiameseNetwork(fewcore.create("backbone", "conv4", hidden_channels=16), item_shape=dataset.item_shape, **config)
     before = _accuracy(learner, test)
     optimizer = torch.optim.Adam(learner.parameters(), lr=3e-3)
     for episode in itertools.islice(episodes("train", 5, 0), steps):

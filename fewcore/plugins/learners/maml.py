@@ -73,7 +73,7 @@ from torch.func import functional_call, grad, vmap
 from torch.overrides import TorchFunctionMode
 
 from fewcore import Backbone, Episode, Learner, LearnerOutput
-from fewcore.plugins.learners._episode import check_episode, check_task_batch
+from fewcore.episodes import check_episode, check_task_batch
 
 Params = dict[str, Tensor]
 TaskBatching = Literal["auto", "vmap", "loop"]
@@ -187,8 +187,8 @@ class MAML(Learner):
             ``chunk_size``; the chunks run one after the other). ``None``: the whole meta-batch
             on an accelerator, :data:`CPU_TASKS_PER_VMAP` tasks per chunk on the CPU, where a
             few tasks per chunk is faster than all of them (see the performance note above).
-        input_shape: item shape, to size the head; ``None`` uses the backbone's
-            ``example_input_shape``.
+        item_shape: the shape of one item, to size the head (the engine passes the
+            dataset's); ``None`` uses the backbone's ``example_input_shape``.
     """
 
     def __init__(
@@ -202,7 +202,7 @@ class MAML(Learner):
         first_order_warmup: int = 0,
         task_batching: TaskBatching = "auto",
         tasks_per_vmap: int | None = None,
-        input_shape: Sequence[int] | None = None,
+        item_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if n_way < 1:
@@ -217,7 +217,7 @@ class MAML(Learner):
             raise ValueError(f"tasks_per_vmap must be a positive integer or None; got {tasks_per_vmap!r}")
         if not math.isfinite(inner_lr):
             raise ValueError(f"inner_lr must be a finite number; got {inner_lr}")
-        shape = tuple(input_shape) if input_shape is not None else tuple(backbone.example_input_shape)
+        shape = tuple(item_shape) if item_shape is not None else tuple(backbone.example_input_shape)
         self.model = _Classifier(backbone, nn.Linear(backbone.embedding_size(shape), n_way))
         self.n_way = n_way
         self.inner_steps = inner_steps

@@ -72,7 +72,7 @@ from torch import Tensor, nn
 
 from fewcore import Backbone, Episode, Learner, LearnerOutput
 from fewcore.engine import mean_ci95
-from fewcore.plugins.learners._episode import check_episode, check_task_batch
+from fewcore.episodes import check_episode, check_task_batch
 
 #: initial write-gate logit α: σ(−4) ≈ 0.02, writes go to the least used slot (see the module notes)
 _WRITE_GATE_INIT = -4.0
@@ -302,8 +302,8 @@ class MANN(Learner):
         memory_width: D, the width of a key; a slot holds a key and a label, ``D + n_way``.
         read_heads: R.
         usage_decay: γ.
-        input_shape: item shape, to size the controller; ``None`` uses the backbone's
-            ``example_input_shape``.
+        item_shape: the shape of one item, to size the controller (the engine passes the
+            dataset's); ``None`` uses the backbone's ``example_input_shape``.
     """
 
     def __init__(
@@ -315,7 +315,7 @@ class MANN(Learner):
         memory_width: int = 40,
         read_heads: int = 4,
         usage_decay: float = 0.95,
-        input_shape: Sequence[int] | None = None,
+        item_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("n_way", n_way), ("hidden_size", hidden_size), ("memory_width", memory_width), ("read_heads", read_heads)):
@@ -325,7 +325,7 @@ class MANN(Learner):
             raise ValueError(f"memory_slots must be at least read_heads={read_heads}; got {memory_slots}")
         if not 0 <= usage_decay <= 1:
             raise ValueError(f"usage_decay must lie in [0, 1]; got {usage_decay}")
-        shape = tuple(input_shape) if input_shape is not None else tuple(backbone.example_input_shape)
+        shape = tuple(item_shape) if item_shape is not None else tuple(backbone.example_input_shape)
         self.backbone = backbone
         self.n_way = n_way
         self.memory_slots = memory_slots

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewcore import Backbone, Episode, Learner, LearnerOutput, ops
-from fewcore.plugins.learners._episode import check_episode, check_task_batch, class_one_hot, embed_tasks
+from fewcore.episodes import check_episode, check_task_batch, class_one_hot, embed_tasks
 
 #: probabilities are clamped to at least this before the log, so a zero never gives -inf logits
 _MIN_PROBABILITY = 1e-8
@@ -120,8 +120,8 @@ class MatchingNetworks(Learner):
         fce: use full-context embeddings (bidirectional LSTM over the support set, attention LSTM
             for the queries).
         fce_steps: K, the attention LSTM's processing steps.
-        item_shape: the item shape (without the batch dim), needed with ``fce`` to size the LSTMs
-            from ``backbone.embedding_size(item_shape)``.
+        item_shape: the item shape (without the batch dim; the engine passes the dataset's),
+            needed with ``fce`` to size the LSTMs from ``backbone.embedding_size(item_shape)``.
     """
 
     def __init__(

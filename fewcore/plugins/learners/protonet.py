@@ -21,11 +21,13 @@ matrix ``Y [M, N]`` as ``C = diag(1 / Yᵀ1) · Yᵀ F``, never from positions i
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch.nn.functional as F
 from torch import Tensor
 
 from fewcore import Backbone, Episode, Learner, LearnerOutput, ops
-from fewcore.plugins.learners._episode import check_episode, check_task_batch, class_one_hot, embed_tasks
+from fewcore.episodes import check_episode, check_task_batch, class_one_hot, embed_tasks
 
 #: the distances a Prototypical Network may use (``fewcore.ops.pairwise_distance`` metrics)
 DISTANCES = ("sqeuclidean", "euclidean", "cosine")
@@ -54,9 +56,17 @@ class PrototypicalNetworks(Learner):
         backbone: the embedding network ``f_φ``.
         distance: ``"sqeuclidean"`` (the paper's), ``"euclidean"`` or ``"cosine"``.
         scale: logits are ``-scale · d(f_φ(x), c_k)``.
+        item_shape: the shape of one item (the engine passes the dataset's to every learner);
+            unused, prototypes have the backbone's embedding size whatever the items.
     """
 
-    def __init__(self, backbone: Backbone, distance: str = "sqeuclidean", scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        distance: str = "sqeuclidean",
+        scale: float = 1.0,
+        item_shape: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {', '.join(DISTANCES)}; got {distance!r}")

@@ -18,7 +18,7 @@ Twin networks with shared weights embed the two items of a pair, ``h1 = f(x1)``,
 
   trained with binary cross-entropy, **target t = 1 for a SAME-class pair** (t = 1 − y).
 
-Training pairs are :func:`fewcore.plugins.pair_sampler.balanced_pairs` of each episode: every
+Training pairs are :func:`balanced_pairs` of each episode: every
 query with the K support items of its class and the K of one other class, as many same as
 different pairs. The other class cycles through the episode's classes (``negatives = "cycle"``)
 or is, per query, the class the model currently scores highest after the query's own
@@ -34,18 +34,86 @@ broadcasting.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewcore import Backbone, Episode, Learner, LearnerOutput, ops
-from fewcore.plugins.learners._episode import check_episode, check_task_batch, embed_tasks
-from fewcore.plugins.pair_sampler import balanced_pairs
+from fewcore.episodes import check_episode, check_task_batch, embed_tasks
 
 HEADS = ("contrastive", "koch")
 NEGATIVES = ("cycle", "hardest")
+
+
+class Pairs(NamedTuple):
+    """Index pairs into an episode's query and support sets.
+
+    Attributes:
+        query_index: ``[B, P]`` index of the query item of each pair.
+        support_index: ``[B, P]`` index of the support item of each pair.
+        same: ``[B, P]`` bool, True where both items have the same class (half of the pairs).
+    """
+
+    query_index: Tensor
+    support_index: Tensor
+    same: Tensor
+
+
+def balanced_pairs(query_y: Tensor, support_y: Tensor, n_way: int, other: Tensor | None = None) -> Pairs:
+    """Each query with the K support items of its class and the K of one other class.
+
+    Pairing every query with every support item would give one same-class pair for N − 1
+    different-class ones; these pairs are balanced in every task. Without ``other``, query ``i``
+    (0-based within its task) of class ``c`` is paired with class ``(c + 1 + i mod (N − 1)) mod N``:
+    deterministic, and the negatives of a task cycle through all other classes.
+
+    Args:
+        query_y: ``[B, Nq]`` query labels in ``0..n_way-1``.
+        support_y: ``[B, N*K]`` support labels, K items of each of the ``n_way`` classes, any order.
+        n_way: N, at least 2.
+        other: ``[B, Nq]`` the class each query's different-class pairs come from; None cycles
+            through the other classes by query position (see the module notes).
+
+    Returns:
+        :class:`Pairs` with ``P = 2 · K · Nq`` pairs per task, ``K · Nq`` of them same-class.
+
+    Raises:
+        ValueError: fewer than 2 classes, classes with different numbers of support items, or
+            an ``other`` class that is the query's own.
+    """
+    if n_way < 2:
+        raise ValueError(f"same/different pairs need at least 2 classes per episode; got n_way={n_way}")
+    batch, n_support = support_y.shape
+    if n_support % n_way:
+        raise ValueError(f"support_y has {n_support} items per task, not a multiple of n_way={n_way}")
+    k_shot = n_support // n_way
+    counts = torch.nn.functional.one_hot(support_y, n_way).sum(dim=1)  # [B, N]
+    if not (counts == k_shot).all():
+        raise ValueError(
+            f"balanced pairs need the same number of support items in every class ({k_shot}); "
+            f"got per-class counts {counts.tolist()}"
+        )
+    # Support indices grouped by class: class c owns columns c*K .. c*K + K - 1.
+    by_class = support_y.argsort(dim=1, stable=True).view(batch, n_way, k_shot)
+    n_query = query_y.shape[1]
+    position = torch.arange(n_query, device=query_y.device)
+    if other is None:
+        other = (query_y + 1 + position % (n_way - 1)) % n_way  # [B, Nq], never the query's own class
+    elif other.shape != query_y.shape:
+        raise ValueError(f"other must be [B, Nq] = {tuple(query_y.shape)}, one class per query; got {tuple(other.shape)}")
+    elif (other == query_y).any():
+        raise ValueError("other must name a class other than the query's own for every query")
+    tasks = torch.arange(batch, device=query_y.device)[:, None]
+    positives = by_class[tasks, query_y]  # [B, Nq, K]
+    negatives = by_class[tasks, other]  # [B, Nq, K]
+    support_index = torch.cat([positives, negatives], dim=2).flatten(1)
+    query_index = position[None, :, None].expand(batch, n_query, 2 * k_shot).flatten(1)
+    same = torch.cat(
+        [torch.ones_like(positives, dtype=torch.bool), torch.zeros_like(negatives, dtype=torch.bool)], dim=2
+    ).flatten(1)
+    return Pairs(query_index, support_index, same)
 
 
 def contrastive_loss(distance: Tensor, different: Tensor, margin: float) -> Tensor:
@@ -89,8 +157,8 @@ class SiameseNetwork(Learner):
         margin: m of the contrastive loss.
         negatives: how each query's different-class pairs are chosen: ``"cycle"`` (by position)
             or ``"hardest"`` (the other class it is most similar to; see the module notes).
-        input_shape: item shape, to size the Koch head; ``None`` uses the backbone's
-            ``example_input_shape``.
+        item_shape: the shape of one item, to size the Koch head (the engine passes the
+            dataset's); ``None`` uses the backbone's ``example_input_shape``.
     """
 
     def __init__(
@@ -99,7 +167,7 @@ class SiameseNetwork(Learner):
         head: str = "contrastive",
         margin: float = 1.0,
         negatives: str = "cycle",
-        input_shape: Sequence[int] | None = None,
+        item_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if head not in HEADS:
@@ -113,7 +181,7 @@ class SiameseNetwork(Learner):
         self.margin = float(margin)
         self.negatives = negatives
         if head == "koch":
-            shape = tuple(input_shape) if input_shape is not None else tuple(backbone.example_input_shape)
+            shape = tuple(item_shape) if item_shape is not None else tuple(backbone.example_input_shape)
             self.verifier = nn.Linear(backbone.embedding_size(shape), 1)
 
     def similarity(self, query: Tensor, support: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ from fewcore_example.components import FlatLinear, NearestNeighbour
 
 
 def test_flat_linear_meets_the_backbone_contract() -> None:
-    check_backbone(FlatLinear, input_shape=(1, 8, 8), in_features=64, out_features=16)
+    check_backbone(FlatLinear, input_shape=(1, 8, 8), out_features=16)
 
 
 def test_nearest_neighbour_meets_the_learner_contract() -> None:
@@ -16,5 +16,5 @@ def test_nearest_neighbour_meets_the_learner_contract() -> None:
         NearestNeighbour,
         backbone_factory=FlatLinear,
         input_shape=(1, 8, 8),
-        backbone_config={"in_features": 64, "out_features": 16},
+        backbone_config={"out_features": 16},
     )
