@@ -91,7 +91,10 @@ def random_episode(
 
     Args:
         item_shape: shape of one item, e.g. ``(1, 28, 28)``.
-        n_way, k_shot, q_query, batch_size: N, K, Q and B.
+        n_way: N, classes per task.
+        k_shot: K, support items per class.
+        q_query: Q, query items per class.
+        batch_size: B, tasks per batch.
         seed: the items and label orders are a function of it.
 
     Returns:
@@ -209,7 +212,10 @@ def check_learner(
             **backbone_config)``, or without ``item_shape`` when none is given.
         input_shape: one item's shape; defaults to the backbone's ``example_input_shape``.
         backbone_config: keyword arguments for ``backbone_factory``.
-        n_way, k_shot, q_query, batch_size: the episode's N, K, Q and B.
+        n_way: the episode's N, classes per task.
+        k_shot: the episode's K, support items per class.
+        q_query: the episode's Q, query items per class.
+        batch_size: the episode's B, tasks per batch.
         seed: seeds construction and the episode.
         **config: keyword arguments for ``factory``.
 
@@ -346,7 +352,12 @@ def check_sampler(
         factory: builds the sampler as ``factory(dataset=..., split=..., n_way=..., k_shot=...,
             q_query=..., batch_size=..., seed=..., **config)``.
         dataset: a :class:`ToyDataset` (default: 6 classes per split, 8 items each, 1×4×4).
-        split, n_way, k_shot, q_query, batch_size, seed: passed to ``factory``.
+        split: passed to ``factory``.
+        n_way: passed to ``factory``.
+        k_shot: passed to ``factory``.
+        q_query: passed to ``factory``.
+        batch_size: passed to ``factory``.
+        seed: passed to ``factory``.
         episodes: how many episode batches to draw and compare (at least 2).
         **config: further keyword arguments for ``factory``.
 

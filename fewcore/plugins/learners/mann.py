@@ -141,7 +141,10 @@ def initial_memory(batch: int, slots: int, width: int, n_heads: int, like: Tenso
     """An empty memory: zero slots (cosine similarity 0 with any key), zero usage.
 
     Args:
-        batch, slots, width, n_heads: B, S, D, R.
+        batch: B, the tasks.
+        slots: S, the memory slots.
+        width: D, the width of a slot.
+        n_heads: R, the read heads.
         like: a tensor whose dtype and device the state takes.
     """
     memory = like.new_zeros(batch, slots, width)
