@@ -26,9 +26,9 @@ def _create(kind: str, section: str, component: ComponentConfig, **extra: Any) -
         return fewcore.create(kind, component.name, **extra, **component.options)
     except fewcore.RegistryError as exc:
         raise BuildError(f"[{section}] {exc}") from exc
-    except (TypeError, ValueError) as exc:
-        # A factory rejected an option or a value (or, for a sampler, the dataset cannot make
-        # such episodes): name the section so the user knows which keys to fix.
+    except (TypeError, ValueError, FileNotFoundError) as exc:
+        # A factory rejected an option or a value, a dataset's files are missing, or a sampler's
+        # dataset cannot make such episodes: name the section so the user knows which keys to fix.
         options = ", ".join(sorted(component.options)) or "none"
         raise BuildError(
             f"[{section}] could not build {kind} {component.name!r} with options ({options}): {exc}"

@@ -10,6 +10,7 @@ never unpickles arbitrary objects.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
@@ -81,7 +82,11 @@ def _zip_members(archive: zipfile.ZipFile, depth: int) -> dict[str, list[str]]:
 def _folder_files(root: Path, depth: int) -> dict[str, list[Path]]:
     """class → image files of a folder tree."""
     files: dict[str, list[Path]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
+
+    def unreadable(error: OSError) -> None:  # os.walk would otherwise skip such a folder silently
+        raise ValueError(f"cannot list the image folder {error.filename}: {error.strerror}; fix its permissions") from None
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         dirnames.sort()
         rel = Path(dirpath).relative_to(root).parts
         for filename in filenames:
@@ -92,14 +97,47 @@ def _folder_files(root: Path, depth: int) -> dict[str, list[Path]]:
 
 
 def _fingerprint_of(source: Path, files: Iterable[Path] = ()) -> str:
+    # The first look at a source, so it is where a bad one is reported: a file that is not a zip,
+    # or a zip cut short (which loses the central directory at its end), or a broken link.
     if source.is_file():
+        if not zipfile.is_zipfile(source):
+            raise ValueError(
+                f"image source {source} is a file but not a readable zip archive ({source.stat().st_size} bytes; "
+                "a download cut short looks like this too); give a folder of class folders or a complete .zip of one"
+            )
         stat = source.stat()
         return f"zip:{stat.st_size}:{stat.st_mtime_ns}"
     digest = hashlib.sha256()
     for path in files:
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise ValueError(_broken_file(path, exc)) from None
         digest.update(f"{path.relative_to(source).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return "dir:" + digest.hexdigest()
+
+
+def _broken_file(path: Path, error: OSError) -> str:
+    """Why the image ``path`` cannot be read, and what to do, e.g. for a dangling symbolic link."""
+    if path.is_symlink():
+        target = os.readlink(path)
+        problem = "loops back on itself" if error.errno == errno.ELOOP else f"cannot be read ({error.strerror})"
+        if error.errno == errno.ENOENT:
+            problem = "does not exist"
+        return f"image {path} is a symbolic link to {target}, which {problem}; remove the link or restore its target"
+    return f"cannot read image {path}: {error.strerror}; remove it or fix its permissions"
+
+
+def _resolve_source(source: str | os.PathLike[str]) -> Path:
+    """``source`` as an absolute path without symbolic links, or an error naming it."""
+    given = Path(source).expanduser()
+    try:
+        return given.resolve(strict=True)
+    except FileNotFoundError:
+        link = f" (a symbolic link to {os.readlink(given)}, which is missing)" if given.is_symlink() else ""
+        raise FileNotFoundError(f"image source {given}{link} does not exist (expected a folder or a .zip file)") from None
+    except (OSError, RuntimeError):  # a link loop: RuntimeError before Python 3.13, OSError (ELOOP) after
+        raise ValueError(f"image source {given} is a symbolic link loop; point it at a folder or a .zip file") from None
 
 
 def load_image_tree(
@@ -130,9 +168,7 @@ def load_image_tree(
         FileNotFoundError: ``source`` does not exist.
         ValueError: no image lies ``depth`` folders down, or an image cannot be decoded.
     """
-    source = Path(source).expanduser().resolve()
-    if not source.exists():
-        raise FileNotFoundError(f"image source {source} does not exist (expected a folder or a .zip file)")
+    source = _resolve_source(source)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3; got {channels}")
     size = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
