@@ -6,7 +6,7 @@ after a few steps); the sampler is seeded per batch index, so its state is that 
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import pytest
 import torch
@@ -96,9 +96,12 @@ class IndexSampler(EpisodeSampler):
 class Linear(Backbone):
     """One linear map with dropout (dropout exercises the global RNG, which a resume must restore)."""
 
-    def __init__(self, in_features: int = FEATURES, out_features: int = 16, dropout: float = 0.1) -> None:
+    def __init__(
+        self, in_features: int = FEATURES, out_features: int = 16, dropout: float = 0.1, item_shape: Sequence[int] | None = None
+    ) -> None:
         super().__init__()
         self.in_features = in_features
+        # item_shape (the engine passes the dataset's) is left to the engine's embedding_size check.
         self.layer = nn.Linear(in_features, out_features)
         self.dropout = nn.Dropout(dropout)
 
@@ -118,7 +121,7 @@ class Linear(Backbone):
 class NearestMean(Learner):
     """Prototypical-network-style learner: logits = -squared distance to class means."""
 
-    def __init__(self, backbone: Backbone) -> None:
+    def __init__(self, backbone: Backbone, item_shape: Sequence[int] | None = None) -> None:
         super().__init__()
         self.backbone = backbone
 
