@@ -17,7 +17,7 @@ import logging
 import os
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Iterable
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -169,13 +169,74 @@ def load_image_tree(
         ValueError: no image lies ``depth`` folders down, or an image cannot be decoded.
     """
     source = _resolve_source(source)
+    is_zip = source.is_file()
+    files = {} if is_zip else {cls: sorted(paths) for cls, paths in _folder_files(source, depth).items()}
+    tree = _load(source, files, f"tree:{depth}", depth if is_zip else None, image_size, channels, invert, cache_dir)
+    if not tree:
+        layout = "/".join(["<folder>"] * depth) + "/<image>.png"
+        raise ValueError(f"no images found in {source}; expected the layout {layout}")
+    return tree
+
+
+def load_image_files(
+    root: str | os.PathLike[str],
+    files: Mapping[str, Sequence[str | os.PathLike[str]]],
+    image_size: int | tuple[int, int],
+    channels: int,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Tensor]:
+    """Images listed per class (by an index file rather than by folders), decoded once.
+
+    Decoding, caching and fingerprinting are those of :func:`load_image_tree`; the cache key
+    includes the listing, so two listings of one folder are cached apart.
+
+    Args:
+        root: the folder every listed file lies under.
+        files: class → its image files (absolute, or relative to ``root``), in item order.
+        image_size: H = W, or (H, W), of the decoded images.
+        channels: 1 (grayscale) or 3 (RGB).
+        cache_dir: where decoded images are kept on disk; ``None`` keeps them in memory only.
+
+    Returns:
+        class → ``[n_images, channels, H, W]`` uint8, images in the listed order, classes sorted.
+
+    Raises:
+        FileNotFoundError: ``root`` or a listed file does not exist (the first few are named).
+        ValueError: an image cannot be decoded.
+    """
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    listed = {cls: [root / path for path in paths] for cls, paths in files.items()}
+    missing = [path for paths in listed.values() for path in paths if not path.is_file()]
+    if missing:
+        shown = ", ".join(str(p) for p in missing[:3])
+        raise FileNotFoundError(f"{len(missing)} listed images are missing under {root}, e.g. {shown}")
+    listing = hashlib.sha256(
+        "\n".join(f"{cls}:{p.relative_to(root).as_posix()}" for cls, paths in sorted(listed.items()) for p in paths).encode()
+    ).hexdigest()
+    return _load(root, listed, f"list:{listing}", None, image_size, channels, False, cache_dir)
+
+
+def _load(
+    source: Path,
+    files: Mapping[str, Sequence[Path]],
+    layout: str,
+    zip_depth: int | None,
+    image_size: int | tuple[int, int],
+    channels: int,
+    invert: bool,
+    cache_dir: str | os.PathLike[str] | None,
+) -> dict[str, Tensor]:
+    """Decode ``files`` (class → paths in item order), or, given ``zip_depth``, the images of the
+    zip ``source`` that lie that many folders down — unless memory or the disk cache holds them
+    for the source's fingerprint. ``layout`` tells different readings of one source apart in the
+    cache key."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3; got {channels}")
     size = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
-    is_zip = source.is_file()
-    files = {} if is_zip else _folder_files(source, depth)
     fingerprint = _fingerprint_of(source, sorted(p for paths in files.values() for p in paths))
-    key = hashlib.sha256(f"{_FORMAT}|{source}|{depth}|{size}|{channels}|{invert}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{_FORMAT}|{source}|{layout}|{size}|{channels}|{invert}".encode()).hexdigest()[:24]
     held = _memory.get(key)
     if held is not None and held[0] == fingerprint:
         return held[1]
@@ -183,22 +244,19 @@ def load_image_tree(
     tree = _read_cache(cache_file, fingerprint) if cache_file is not None else None
     if tree is None:
         logger.info("decoding images of %s (once; cached after)", source)
-        if is_zip:
+        if zip_depth is not None:
             with zipfile.ZipFile(source) as archive:
-                members = _zip_members(archive, depth)
+                members = _zip_members(archive, zip_depth)
                 tree = {
                     cls: _stack([_decode(archive.read(m), f"{source}:{m}", size, channels, invert) for m in sorted(names)])
                     for cls, names in sorted(members.items())
                 }
         else:
             tree = {
-                cls: _stack([_decode(p, str(p), size, channels, invert) for p in sorted(paths)])
+                cls: _stack([_decode(p, str(p), size, channels, invert) for p in paths])
                 for cls, paths in sorted(files.items())
             }
-        if not tree:
-            layout = "/".join(["<folder>"] * depth) + "/<image>.png"
-            raise ValueError(f"no images found in {source}; expected the layout {layout}")
-        if cache_file is not None:
+        if cache_file is not None and tree:
             _write_cache(cache_file, fingerprint, tree)
     _memory[key] = (fingerprint, tree)
     return tree
