@@ -17,7 +17,8 @@ What is checked:
 
 * backbones: ``[batch, *input_shape]`` → ``[batch, embedding_size(input_shape)]``, finite; every
   parameter gets a finite gradient; in eval mode items do not influence each other; the same
-  seed gives the same outputs and gradients.
+  seed gives the same outputs and gradients; a backbone with feature maps gives
+  ``forward_features`` of the shape ``feature_shape`` promises.
 * learners: the learner keeps its backbone as ``.backbone``; ``forward(episode)`` gives
   ``logits [B, N*Q, N]`` and a scalar loss, finite; the loss reaches every parameter (backbone
   included) with finite gradients; ``predict`` gives
@@ -187,6 +188,16 @@ def check_backbone(
     torch.testing.assert_close(
         alone[0], whole[0], msg=lambda m: f"{who}: in eval mode an item's embedding depends on the rest of its batch:\n{m}"
     )
+    if type(backbone).forward_features is not Backbone.forward_features:
+        with torch.no_grad():
+            maps = backbone.forward_features(x)
+        promised = (batch_size, *backbone.feature_shape(shape))
+        if tuple(maps.shape) != promised:
+            raise AssertionError(
+                f"{who}.forward_features mapped {tuple(x.shape)} to {tuple(maps.shape)}; feature_shape promises "
+                f"[batch, *feature_shape] = {promised}"
+            )
+        _assert_finite(maps, f"{who} feature maps")
     return backbone
 
 

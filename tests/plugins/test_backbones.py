@@ -90,3 +90,12 @@ def test_example_input_shape_is_accepted(backbone: torch.nn.Module) -> None:
     shape = backbone.example_input_shape
     assert backbone.embedding_size(shape) > 0
     assert shape[0] == getattr(backbone, "in_channels", getattr(backbone, "in_features", None))
+
+
+def test_the_item_shape_sizes_the_input_layer_and_a_contradicting_option_is_refused() -> None:
+    assert Conv4(item_shape=(3, 28, 28)).in_channels == 3
+    assert MLP(item_shape=(2, 5)).in_features == 10
+    with pytest.raises(ValueError, match=r"in_channels=1 contradicts the items' shape \(3, 28, 28\)"):
+        Conv4(in_channels=1, item_shape=(3, 28, 28))
+    with pytest.raises(ValueError, match=r"in_features=4 contradicts the items' shape \(2, 5\)"):
+        MLP(in_features=4, item_shape=(2, 5))
