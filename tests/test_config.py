@@ -12,7 +12,7 @@ from fewcore.engine import BuildError, build_dataset, build_learner
 from fewcore.testing import random_episode
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = sorted((REPO / "configs").glob("*.toml"))
+CONFIGS = sorted((REPO / "configs").glob("*.toml")) + [REPO / "fewcore" / "configs" / "demo.toml"]
 
 MINIMAL = """
 [dataset]

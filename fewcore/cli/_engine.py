@@ -126,8 +126,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def demo_config_path() -> Path:
-    """``configs/demo.toml`` of the source tree fewcore runs from (``make`` installs it editable)."""
-    return Path(fewcore.__file__).resolve().parent.parent / "configs" / "demo.toml"
+    """The demo config shipped inside the package (``fewcore/configs/demo.toml``), installed or not."""
+    return Path(fewcore.__file__).resolve().parent / "configs" / "demo.toml"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict_cmd.set_defaults(func=_engine.cmd_predict)
 
     demo_cmd = commands.add_parser("demo", help="meta-train Prototypical Networks on the embedded glyphs, then test")
-    demo_cmd.add_argument("--config", type=Path, default=None, help="default: configs/demo.toml")
+    demo_cmd.add_argument("--config", type=Path, default=None, help="default: the demo config shipped with fewcore")
     _add_overrides(demo_cmd)
     demo_cmd.add_argument("--run-dir", type=Path, default=None, help="default: runs/demo")
     _add_device(demo_cmd)
