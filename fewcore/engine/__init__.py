@@ -21,16 +21,19 @@ from fewcore.engine._inference import (
 )
 from fewcore.engine._metrics import MetricsLog, episode_accuracy, mean_ci95
 from fewcore.engine._plot import plot_run
-from fewcore.engine._train import ResumeError, TrainResult, checkpoint_paths, train
+from fewcore.engine._rundir import RunDirError
+from fewcore.engine._train import DivergedError, ResumeError, TrainResult, checkpoint_paths, train
 
 __all__ = [
     "BuildError",
     "CheckpointError",
+    "DivergedError",
     "EvalResult",
     "LoadedModel",
     "MetricsLog",
     "Prediction",
     "ResumeError",
+    "RunDirError",
     "TrainResult",
     "build_dataset",
     "build_learner",

@@ -82,3 +82,31 @@ class MetricsLog:
             path.unlink(missing_ok=True)
         for record in kept:
             self.write(record)
+
+
+class LogWindow:
+    """Sums over the training steps since the last log line.
+
+    Its state goes into resumable checkpoints, so that the first line logged after a resume
+    averages the same steps as in a run that never stopped.
+    """
+
+    def __init__(self) -> None:
+        self.steps = self.episodes = 0
+        self.loss = self.correct = self.seconds = 0.0
+
+    def add(self, loss: float, accuracies: Tensor, seconds: float) -> None:
+        """Add one step: its loss, its ``[B]`` episode accuracies and its wall time."""
+        self.steps += 1
+        self.episodes += accuracies.numel()
+        self.loss += loss
+        self.correct += float(accuracies.sum())
+        self.seconds += seconds
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sums, as checkpoint-safe data."""
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the sums of :meth:`state_dict`."""
+        vars(self).update(state)

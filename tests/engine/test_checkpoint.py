@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fewcore.engine import CheckpointError, load_checkpoint, save_checkpoint
-from fewcore.engine._checkpoint import preserved_rng, rng_state, set_rng_state
+from fewcore.engine._checkpoint import MODEL_KEYS, load_weights, preserved_rng, rng_state, set_rng_state
 
 
 def _draws() -> tuple[torch.Tensor, float, float]:
@@ -71,8 +71,31 @@ class _Payload:
 def test_loading_never_unpickles_arbitrary_objects(tmp_path: Path) -> None:
     path = tmp_path / "evil.pt"
     torch.save({"fewcore_checkpoint": 1, "model": _Payload()}, path)
-    with pytest.raises(CheckpointError, match="not a loadable fewcore checkpoint"):
+    with pytest.raises(CheckpointError, match="holds pickled Python objects") as caught:
         load_checkpoint(path)
+    assert "_Payload" in str(caught.value)
+    assert "weights_only" not in str(caught.value)  # torch's advice to unpickle anyway is never repeated
+
+
+def test_a_truncated_checkpoint_is_named_with_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.ones(1000)})
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match=r"not a complete checkpoint \(2000 bytes.*train again"):
+        load_checkpoint(path)
+
+
+def test_required_keys_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"step": 1, "model": {}})
+    with pytest.raises(CheckpointError, match="without 'config', 'item_shape', which every checkpoint of fewcore train"):
+        load_checkpoint(path, require=MODEL_KEYS)
+
+
+def test_weights_of_another_architecture_are_refused_with_the_differences(tmp_path: Path) -> None:
+    state = torch.nn.Linear(3, 4).state_dict()
+    with pytest.raises(CheckpointError, match=r"c.pt holds weights of another architecture .*size mismatch for weight.*retrain"):
+        load_weights(torch.nn.Linear(3, 5), state, tmp_path / "c.pt", "retrain")
 
 
 def test_foreign_and_missing_files(tmp_path: Path) -> None:
