@@ -12,12 +12,14 @@ from PIL import Image
 from torch import Tensor
 
 from fewcore._types import Learner
-from fewcore.config import Config, apply_overrides
-from fewcore.engine._build import build_dataset, build_learner, resolve_device
-from fewcore.engine._checkpoint import load_checkpoint, preserved_rng
+from fewcore.config import Config, ConfigError, apply_overrides, parse_override
+from fewcore.engine._build import BuildError, build_dataset, build_learner, resolve_device
+from fewcore.engine._checkpoint import MODEL_KEYS, load_checkpoint, load_weights, preserved_rng
 from fewcore.engine._evaluate import EvalResult, evaluate
 from fewcore.engine._train import checkpoint_paths
 
+#: config sections that evaluation reads; an override of any other section would change nothing
+EVAL_SECTIONS = ("dataset", "sampler", "backbone", "learner", "eval")
 #: image files ``fewcore predict`` reads
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -55,15 +57,38 @@ class LoadedModel:
     path: Path
 
 
-def load_model(checkpoint: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
-    """Rebuild the learner of a checkpoint (see :func:`load`) and keep its item shape and config."""
+def load_model(
+    checkpoint: str | Path, device: torch.device | str = "cpu", overrides: Sequence[str] = ()
+) -> LoadedModel:
+    """Rebuild the learner of a checkpoint (see :func:`load`) and keep its item shape and config.
+
+    Args:
+        checkpoint: a ``.pt`` file, or a run directory (its ``best.pt``).
+        device: where to put the model.
+        overrides: ``section.key=value`` changes to the stored config before the learner is
+            built, e.g. ``learner.metric=cosine``.
+
+    Raises:
+        CheckpointError: the file is not a checkpoint of a training run, or its weights do not
+            fit the learner its config (with ``overrides``) builds.
+    """
     path = resolve_checkpoint(checkpoint)
-    payload = load_checkpoint(path)
-    config = Config.from_dict(payload["config"], source=str(path))
+    payload = load_checkpoint(path, require=MODEL_KEYS)
+    overrides = list(overrides)
+    source = f"{path}" + (" (with overrides)" if overrides else "")
+    config = Config.from_dict(apply_overrides(payload["config"], overrides), source=source)
     item_shape = tuple(payload["item_shape"])
     with preserved_rng():  # building initialises weights; do not move the caller's RNG
         learner = build_learner(config, item_shape)
-    learner.load_state_dict(payload["model"])
+    model_overrides = [text.partition("=")[0].strip() for text in overrides if text.split(".", 1)[0] in ("learner", "backbone")]
+    if model_overrides:
+        remedy = (
+            f"the overrides of {', '.join(model_overrides)} change the architecture, so the trained weights do not "
+            "fit; drop them (after training, only options that keep every weight's shape can change)"
+        )
+    else:
+        remedy = "its learner or backbone changed since training; load it with the fewcore and plugins that trained it"
+    load_weights(learner, payload["model"], path, remedy)
     learner.to(device).eval()
     return LoadedModel(learner, item_shape, config, path)
 
@@ -104,9 +129,12 @@ def read_image(path: str | Path, item_shape: Sequence[int], invert: str = "auto"
     if invert not in ("yes", "no", "auto"):
         raise ValueError(f"invert must be yes, no or auto; got {invert!r}")
     channels, height, width = item_shape
-    with Image.open(path) as image:
-        resized = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.BILINEAR)
-        array = np.asarray(resized, dtype=np.float32) / 255.0
+    try:
+        with Image.open(path) as image:
+            resized = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.BILINEAR)
+            array = np.asarray(resized, dtype=np.float32) / 255.0
+    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"cannot read image {path} ({exc}); remove it or replace it with a PNG or JPEG file") from None
     tensor = torch.from_numpy(array.copy())
     tensor = tensor[None] if channels == 1 else tensor.permute(2, 0, 1)
     if invert == "yes" or (invert == "auto" and channels == 1 and float(tensor.mean()) > 0.5):
@@ -204,23 +232,34 @@ def evaluate_checkpoint(
     Args:
         checkpoint: a ``.pt`` file or a run directory (its ``best.pt``).
         overrides: ``section.key=value`` changes to the stored config, e.g.
-            ``eval.episodes=1000`` or a different ``dataset`` option for the test classes.
+            ``eval.episodes=1000``, a different ``dataset`` option for the test classes, or a
+            learner option that keeps the weights' shapes (sections: :data:`EVAL_SECTIONS`).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         progress: show a progress bar per setting.
 
     Returns:
         The results per setting and the config they were computed with.
+
+    Raises:
+        ConfigError: an override of a section evaluation does not read (e.g. ``train.lr``).
+        BuildError: the evaluation dataset's items differ in shape from the training items.
+        CheckpointError: see :func:`load_model`.
     """
-    path = resolve_checkpoint(checkpoint)
-    payload = load_checkpoint(path)
-    config = Config.from_dict(apply_overrides(payload["config"], overrides), source=f"{path} (with overrides)")
+    for text in overrides:
+        section = parse_override(text)[0][0]
+        if section not in EVAL_SECTIONS:
+            raise ConfigError(
+                f"override {text!r}: [{section}] does not affect evaluation, which reads only "
+                f"[{'], ['.join(EVAL_SECTIONS)}]; remove it"
+            )
     target = resolve_device(device)
-    model = load_model(path, target)
+    model = load_model(checkpoint, target, overrides)
+    config = model.config
     dataset = build_dataset(config)
     if tuple(dataset.item_shape) != model.item_shape:
-        raise ValueError(
-            f"the model was trained on items of shape {model.item_shape} but the evaluation dataset has "
-            f"items of shape {tuple(dataset.item_shape)}"
+        raise BuildError(
+            f"[dataset] the model was trained on items of shape {model.item_shape} but the evaluation dataset has "
+            f"items of shape {tuple(dataset.item_shape)}; evaluate on items of the training shape"
         )
     results = evaluate(
         model.learner,

@@ -16,11 +16,11 @@ the same number of processes).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -41,9 +41,18 @@ from fewcore.engine._build import (
     build_scheduler,
     resolve_device,
 )
-from fewcore.engine._checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from fewcore.engine._checkpoint import (
+    RESUME_KEYS,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 from fewcore.engine._evaluate import EvalResult, run_episodes
-from fewcore.engine._metrics import MetricsLog, episode_accuracy
+from fewcore.engine._metrics import LogWindow, MetricsLog, episode_accuracy
+from fewcore.engine._preflight import check_episodes
+from fewcore.engine._rundir import clear_run_dir, run_lock
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +62,10 @@ RESUMABLE_CHANGES = frozenset({"train.steps", "train.device", "train.log_every",
 
 class ResumeError(RuntimeError):
     """A run directory cannot be started or resumed as asked."""
+
+
+class DivergedError(FloatingPointError):
+    """The training loss became NaN or infinite."""
 
 
 @dataclass(frozen=True)
@@ -124,21 +137,6 @@ def _average_gradients(parameters: list[torch.nn.Parameter], world_size: int) ->
             parameter.grad.div_(world_size)
 
 
-class _Window:
-    """Sums over the steps since the last log line."""
-
-    def __init__(self) -> None:
-        self.steps = self.episodes = 0
-        self.loss = self.correct = self.seconds = 0.0
-
-    def add(self, loss: float, accuracies: torch.Tensor, seconds: float) -> None:
-        self.steps += 1
-        self.episodes += accuracies.numel()
-        self.loss += loss
-        self.correct += float(accuracies.sum())
-        self.seconds += seconds
-
-
 def train(
     config: Config,
     *,
@@ -173,7 +171,9 @@ def train(
     device = resolve_device(config.train.device)
     rank, world_size, joined = _distributed(device)
     try:
-        return _train(config, device, rank, world_size, resume, overwrite, progress, on_step)
+        # Only rank 0 writes, so only it holds the run directory.
+        with run_lock(config.run.dir) if rank == 0 else contextlib.nullcontext():
+            return _train(config, device, rank, world_size, resume, overwrite, progress, on_step)
     finally:
         if joined:
             dist.destroy_process_group()
@@ -198,7 +198,7 @@ def _train(
     last_path, best_path = checkpoint_paths(run_dir)
     if overwrite and rank == 0 and last_path.exists():
         logger.warning("overwrite: deleting the run in %s to start it over", run_dir)
-        shutil.rmtree(run_dir)
+        clear_run_dir(run_dir)
     saved = None if overwrite else _read_resume_state(config, last_path, resume)
     if saved is not None and saved["world_size"] != world_size:
         raise ResumeError(
@@ -222,6 +222,7 @@ def _train(
         config.train.batch_size,
         config.train.seed + rank,
     )
+    check_episodes(config, dataset)
     # Per-rank global RNG streams (dropout, augmentation inside learners) after a shared init.
     seed_everything(config.train.seed + rank)
 
@@ -268,13 +269,16 @@ def _train(
                 ranks=ranks_state,
                 world_size=world_size,
                 elapsed_s=elapsed,
+                log_window=window.state_dict(),
             )
         return data
 
     total = config.train.steps
     learner.train()
     iterator = iter(train_sampler)
-    window = _Window()
+    window = LogWindow()
+    if saved is not None:
+        window.load_state_dict(saved["log_window"])
     recent: deque[tuple[float, float, int, float]] = deque(maxlen=50)  # loss, accuracy, episodes, seconds
     bar = tqdm(
         total=total,
@@ -294,8 +298,10 @@ def _train(
             episode = episode.to(device)
             output = learner(episode)
             if not torch.isfinite(output.loss):
-                raise FloatingPointError(
-                    f"the training loss is {output.loss.item()} at step {step + 1}; lower train.lr or set train.grad_clip"
+                raise DivergedError(
+                    f"the training loss is {output.loss.item()} at step {step + 1} of the run in {run_dir}, so training "
+                    "cannot go on: lower train.lr or set train.grad_clip (e.g. 10), then start the run over with "
+                    "--overwrite (train(..., overwrite=True))"
                 )
             optimizer.zero_grad(set_to_none=True)
             output.loss.backward()
@@ -336,7 +342,7 @@ def _train(
                             "elapsed_s": elapsed,
                         }
                     )
-                    window = _Window()
+                    window = LogWindow()
                 if config.val.every and (step % config.val.every == 0 or step == total):
                     result = validate()
                     log.write(
@@ -399,7 +405,7 @@ def _read_resume_state(config: Config, last_path: Path, resume: bool) -> dict[st
         if resume:
             logger.warning("no checkpoint in %s yet: starting the run from step 0", last_path.parent)
         return None
-    saved = load_checkpoint(last_path)
+    saved = load_checkpoint(last_path, require=RESUME_KEYS)
     if not resume:
         raise ResumeError(
             f"{last_path.parent.parent} already holds a run (last checkpoint at step {saved['step']}); "
@@ -412,7 +418,8 @@ def _read_resume_state(config: Config, last_path: Path, resume: bool) -> dict[st
     if changes:
         raise ResumeError(
             f"cannot resume {last_path}: the config differs in {', '.join(changes)} "
-            f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume)"
+            f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume); to change the others, start the "
+            "run over with --overwrite (train(..., overwrite=True)) or use another run directory (--run-dir)"
         )
     try:
         Config.from_dict(saved["config"], source=str(last_path))

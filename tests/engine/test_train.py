@@ -184,4 +184,5 @@ def test_training_sampler_options_reach_only_the_training_sampler(fakes, tmp_pat
     data = fake_config_dict(str(tmp_path / "run"), steps=4, seed=3, sampler_options={"flip": True})
     data["sampler"] = {"name": "recording"}
     train(Config.from_dict(data), progress=False)
-    assert seen == {"train": {"flip": True, "seed": 3}, "val": {"flip": False, "seed": 1}}
+    # The test sampler is built too, before the first step, to check the [eval] settings against the data.
+    assert seen == {"train": {"flip": True, "seed": 3}, "val": {"flip": False, "seed": 1}, "test": {"flip": False, "seed": 2}}
