@@ -17,7 +17,6 @@ import fewcore
 from fewcore import _extension
 from fewcore.cli import _engine, _inspect
 from fewcore.config import ConfigError
-from fewcore.paths import DATA_ENV, data_location
 from fewcore.engine._build import BuildError
 from fewcore.engine._checkpoint import CheckpointError
 from fewcore.engine._rundir import RunDirError
@@ -59,12 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fewcore {fewcore.__version__}")
     parser.add_argument(
         "--debug", action="store_true", help="show the full traceback of an error (also: FEWCORE_DEBUG=1)"
-    )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help=f"the folder relative data paths of a config are looked up in first (default: ${DATA_ENV})",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -138,10 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fewcore: error: {exc} (from the environment); unset it, or set it to reference", file=sys.stderr)
         return 2
     try:
-        # A config's relative data paths are looked up under --data-dir, then beside the config.
-        config = getattr(args, "config", None)
-        with data_location(args.data_dir, config.parent if config is not None else None):
-            return int(args.func(args))
+        return int(args.func(args))
     except _USER_ERRORS as exc:
         if args.debug or os.environ.get("FEWCORE_DEBUG", "") not in ("", "0"):
             raise
