@@ -14,6 +14,8 @@ from fewcore.plugins.learners.maml import MAML, MetaSGD
 from fewcore.plugins.learners.mann import MANN
 from fewcore.plugins.learners.matching import MatchingNetworks
 from fewcore.plugins.learners.protonet import PrototypicalNetworks
+from fewcore.plugins.learners.relation import RelationNetworks
+from fewcore.plugins.learners.reptile import Reptile
 from fewcore.plugins.learners.siamese import SiameseNetwork
 
 #: registered name → factory ``factory(backbone=..., **config)``
@@ -25,6 +27,8 @@ LEARNERS: dict[str, Callable[..., Learner]] = {
     "siamese": SiameseNetwork,
     "mann": MANN,
     "anil": ANIL,
+    "reptile": Reptile,
+    "relation": RelationNetworks,
 }
 
 
