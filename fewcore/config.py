@@ -28,6 +28,7 @@ import difflib
 import math
 import re
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,9 @@ else:  # pragma: no cover - exercised only on Python 3.10
 class ConfigError(ValueError):
     """A config file or override is malformed, names an unknown key, or has a value of the wrong type."""
 
+
+#: the values of ``train.precision`` and ``eval.precision``
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 _SETTING = re.compile(r"^\s*(\d+)\s*-?\s*way\s*[,;]?\s*(\d+)\s*-?\s*shot\s*$", re.IGNORECASE)
 
@@ -101,6 +105,12 @@ class TrainConfig:
         sampler_options: options for the training sampler only, on top of ``[sampler]``'s
             (which every phase uses) — e.g. ``{augment = true}``: validation and test episodes
             are never augmented.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (the forward under ``torch.autocast`` to
+            that dtype; float16 with a gradient scaler), or ``"auto"``: the fastest measured on
+            the device (bfloat16 on CPUs with native bfloat16, float32 elsewhere). Validation
+            runs with the training precision and memory format.
+        channels_last: channels-last convolution weights and activations (true/false), or
+            ``"auto"``: channels-last on the CPU, where it was measured faster.
     """
 
     steps: int = 1000
@@ -122,6 +132,8 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 100
     sampler_options: dict[str, Any] = field(default_factory=dict)
+    precision: str = "auto"
+    channels_last: bool | str = "auto"
 
 
 @dataclass
@@ -159,6 +171,8 @@ class EvalConfig:
         batch_size: episodes per forward pass.
         split: the class split to evaluate on.
         seed: seed of the test episodes.
+        precision: as ``train.precision``, for ``fewcore eval`` and ``fewcore predict``.
+        channels_last: as ``train.channels_last``, for ``fewcore eval`` and ``fewcore predict``.
     """
 
     episodes: int = 600
@@ -167,6 +181,8 @@ class EvalConfig:
     batch_size: int = 1
     split: str = "test"
     seed: int = 2
+    precision: str = "auto"
+    channels_last: bool | str = "auto"
 
 
 @dataclass
@@ -271,7 +287,13 @@ def _section(section: str, section_type: type, raw: Any, source: str) -> Any:
 
 
 def _coerce(key: str, expected: Any, value: Any, source: str) -> Any:
-    """``value`` as ``expected`` (int, float, str, bool, list[str] or a table); ints are accepted as floats."""
+    """``value`` as ``expected`` (int, float, str, bool, a union of those, list[str] or a table); ints
+    are accepted as floats."""
+    if isinstance(expected, types.UnionType):
+        shown = " or ".join(t.__name__ for t in typing.get_args(expected))
+        if not any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in typing.get_args(expected)):
+            raise ConfigError(f"{source}: {key} must be {shown}, got {value!r} ({type(value).__name__})")
+        return value
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is int and isinstance(value, bool):
@@ -322,10 +344,15 @@ def _check_values(config: Config, source: str) -> None:
     choices = {
         "train.optimizer": (config.train.optimizer, ("adam", "adamw", "sgd")),
         "train.scheduler": (config.train.scheduler, ("none", "step", "cosine")),
+        "train.precision": (config.train.precision, PRECISIONS),
+        "eval.precision": (config.eval.precision, PRECISIONS),
     }
     for key, (choice, allowed) in choices.items():
         if choice not in allowed:
             raise ConfigError(f"{source}: {key} must be one of {', '.join(allowed)}; got {choice!r}")
+    for key, value in {"train.channels_last": config.train.channels_last, "eval.channels_last": config.eval.channels_last}.items():
+        if value not in (True, False, "auto"):
+            raise ConfigError(f"{source}: {key} must be true, false or \"auto\"; got {value!r}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.train.device):
         raise ConfigError(f"{source}: train.device must be auto, cpu, cuda or cuda:N; got {config.train.device!r}")
     if not config.eval.settings:

@@ -64,6 +64,18 @@ def test_training_sampler_options_table(tmp_path: Path) -> None:
         load_config(_write(tmp_path, MINIMAL), ["train.sampler_options=3"])
 
 
+def test_precision_and_memory_format_default_to_auto_and_take_their_values(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, MINIMAL))
+    assert (config.train.precision, config.train.channels_last) == ("auto", "auto")
+    assert (config.eval.precision, config.eval.channels_last) == ("auto", "auto")
+    config = load_config(
+        _write(tmp_path, MINIMAL),
+        ["train.precision=fp16", "train.channels_last=false", "eval.precision=bf16", "eval.channels_last=true"],
+    )
+    assert (config.train.precision, config.train.channels_last) == ("fp16", False)
+    assert (config.eval.precision, config.eval.channels_last) == ("bf16", True)
+
+
 def test_int_is_accepted_where_a_float_is_expected(tmp_path: Path) -> None:
     assert load_config(_write(tmp_path, MINIMAL), ["train.lr=1"]).train.lr == 1.0
 
@@ -82,6 +94,10 @@ def test_int_is_accepted_where_a_float_is_expected(tmp_path: Path) -> None:
         ('eval.settings=["five way"]', r"cannot read the way/shot setting 'five way'"),
         ("eval.settings=[]", r"eval\.settings must name at least one setting"),
         ("learner.name=3", r"learner\.name must be a string"),
+        ("train.precision=fp8", r"train\.precision must be one of auto, fp32, bf16, fp16; got 'fp8'"),
+        ("eval.precision=half", r"eval\.precision must be one of auto, fp32, bf16, fp16; got 'half'"),
+        ("train.channels_last=yes", r"train\.channels_last must be true, false or \"auto\"; got 'yes'"),
+        ("eval.channels_last=1", r"eval\.channels_last must be bool or str, got 1 \(int\)"),
     ],
 )
 def test_bad_values_are_named(tmp_path: Path, override: str, message: str) -> None:

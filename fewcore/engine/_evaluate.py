@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -13,6 +14,7 @@ from fewcore.config import ComponentConfig, parse_setting
 from fewcore.engine._build import build_sampler
 from fewcore.engine._checkpoint import preserved_rng
 from fewcore.engine._metrics import episode_accuracy, mean_ci95
+from fewcore.engine._precision import ComputeMode
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ def run_episodes(
     episodes: int,
     device: torch.device | str,
     desc: str | None = None,
+    *,
+    compute: ComputeMode | None = None,
 ) -> EvalResult:
     """Accuracy of ``learner`` (in eval mode, without gradients) on the first ``episodes`` episodes.
 
@@ -65,18 +69,22 @@ def run_episodes(
         episodes: n of the confidence interval.
         device: where to run.
         desc: a progress-bar label; no bar when None.
+        compute: the autocast of the forward passes (the learner's memory format is the
+            caller's to set, with :meth:`ComputeMode.prepare`); float32 when None.
     """
     was_training = learner.training
     accuracies: list[float] = []
     losses: list[float] = []
     shape: tuple[int, int] | None = None
+    autocast = compute.autocast if compute is not None else contextlib.nullcontext
     learner.eval()
     try:
         with preserved_rng(), torch.no_grad(), tqdm(total=episodes, desc=desc, unit="ep", disable=desc is None, leave=False) as bar:
             for episode in sampler:
                 shape = (episode.n_way, episode.k_shot)
                 episode = episode.to(device)
-                output = learner(episode)
+                with autocast():
+                    output = learner(episode)
                 accuracies += episode_accuracy(output.logits, episode.query_y).tolist()
                 losses.append(float(output.loss))
                 bar.update(min(episode.batch_size, episodes - bar.n))
@@ -103,6 +111,8 @@ def evaluate(
     sampler: ComponentConfig | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    precision: str = "auto",
+    channels_last: bool | str = "auto",
 ) -> list[EvalResult]:
     """Mean accuracy ± 95% CI of ``learner`` on ``split`` classes of ``dataset``, per setting.
 
@@ -119,15 +129,21 @@ def evaluate(
         sampler: the sampler component; the built-in ``episodic`` one by default.
         device: where the episodes are moved.
         progress: show a progress bar per setting.
+        precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` (autocast) or ``"auto"`` (the measured
+            default of ``device``, see :mod:`fewcore.engine._precision`).
+        channels_last: channels-last convolutions (True/False) or ``"auto"``; the learner's
+            parameters are converted in place (their values do not change).
 
     Returns:
         One :class:`EvalResult` per setting, in order.
     """
     sampler = sampler or ComponentConfig("episodic")
+    compute = ComputeMode.resolve(precision, channels_last, device)
+    compute.prepare(learner)
     results = []
     for text in settings:
         n_way, k_shot = parse_setting(text)
         episode_sampler = build_sampler(sampler, dataset, split, n_way, k_shot, q_query, batch_size, seed)
         desc = f"eval {n_way}-way {k_shot}-shot" if progress else None
-        results.append(run_episodes(learner, episode_sampler, episodes, device, desc))
+        results.append(run_episodes(learner, episode_sampler, episodes, device, desc, compute=compute))
     return results

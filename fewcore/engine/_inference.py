@@ -16,6 +16,7 @@ from fewcore.config import Config, ConfigError, apply_overrides, parse_override
 from fewcore.engine._build import BuildError, build_dataset, build_learner, resolve_device
 from fewcore.engine._checkpoint import MODEL_KEYS, load_checkpoint, load_weights, preserved_rng
 from fewcore.engine._evaluate import EvalResult, evaluate
+from fewcore.engine._precision import ComputeMode
 from fewcore.engine._train import checkpoint_paths
 
 #: config sections that evaluation reads; an override of any other section would change nothing
@@ -194,6 +195,8 @@ def predict_folder(
     query: str | Path,
     device: torch.device | str = "cpu",
     invert: str = "auto",
+    precision: str = "auto",
+    channels_last: bool | str = "auto",
 ) -> list[Prediction]:
     """Classify every image of the ``query`` folder among the classes of ``support/<class>/``.
 
@@ -204,6 +207,9 @@ def predict_folder(
         query: a folder of images (or a single image file).
         device: where to compute.
         invert: see :func:`read_image`.
+        precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"auto"``, as ``eval.precision``.
+        channels_last: True, False or ``"auto"``, as ``eval.channels_last`` (the learner is
+            converted in place).
 
     Returns:
         One prediction per query image, in file-name order.
@@ -214,7 +220,9 @@ def predict_folder(
     if not files:
         raise ValueError(f"no query images found at {query}")
     query_x = torch.stack([read_image(f, item_shape, invert) for f in files])
-    with torch.no_grad():
+    compute = ComputeMode.resolve(precision, channels_last, device)
+    compute.prepare(learner)
+    with torch.no_grad(), compute.autocast():
         scores = learner.predict(support_x[None].to(device), support_y[None].to(device), query_x[None].to(device))
     probabilities = scores[0].float().softmax(dim=-1).cpu()
     best, index = probabilities.max(dim=-1)
@@ -273,5 +281,7 @@ def evaluate_checkpoint(
         sampler=config.sampler,
         device=target,
         progress=progress,
+        precision=config.eval.precision,
+        channels_last=config.eval.channels_last,
     )
     return results, config

@@ -1,11 +1,15 @@
 """Meta-training: episodes → learner → loss → optimizer, with validation, checkpoints and logs.
 
-Exact resume: everything that decides what happens next — model, optimizer, LR schedule, every
-global RNG state and the sampler's position — is in ``last.pt``, written atomically every
-``train.checkpoint_every`` steps. A run killed at any point and resumed from its last checkpoint
-replays the lost steps identically, so it ends with the same weights, bit for bit, as a run that
-never stopped. Validation runs with the RNG states saved and restored, so it does not perturb
-training either.
+Exact resume: everything that decides what happens next — model, optimizer, LR schedule, the
+float16 gradient scaler, every global RNG state and the sampler's position — is in ``last.pt``,
+written atomically every ``train.checkpoint_every`` steps. A run killed at any point and resumed
+from its last checkpoint replays the lost steps identically, so it ends with the same weights,
+bit for bit, as a run that never stopped. Validation runs with the RNG states saved and
+restored, so it does not perturb training either.
+
+Precision and memory format (``train.precision``, ``train.channels_last``) are applied by a
+:class:`~fewcore.engine._precision.ComputeMode`: the learner's forward runs under autocast, the
+backward outside it; validation runs in the same mode.
 
 Distributed: under ``torchrun`` (or with a process group already initialised) each rank draws
 different episodes (sampler seed ``train.seed + rank``), gradients are averaged over ranks after
@@ -51,13 +55,18 @@ from fewcore.engine._checkpoint import (
 )
 from fewcore.engine._evaluate import EvalResult, run_episodes
 from fewcore.engine._metrics import LogWindow, MetricsLog, episode_accuracy
+from fewcore.engine._precision import ComputeMode
 from fewcore.engine._preflight import check_episodes
 from fewcore.engine._rundir import clear_run_dir, run_lock
 
 logger = logging.getLogger(__name__)
 
 #: config keys that may change when a run is resumed (they do not change what is computed)
-RESUMABLE_CHANGES = frozenset({"train.steps", "train.device", "train.log_every", "run.dir"})
+RESUMABLE_CHANGES = frozenset(
+    {"train.steps", "train.device", "train.log_every", "run.dir", "eval.precision", "eval.channels_last"}
+)
+#: how runs saved before these options existed computed: such a run resumes with them set so
+_BEFORE_OPTIONS = {"train.precision": "fp32", "train.channels_last": False}
 
 
 class ResumeError(RuntimeError):
@@ -112,7 +121,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    old, new = _flatten(saved), _flatten(current)
+    old, new = {**_BEFORE_OPTIONS, **_flatten(saved)}, _flatten(current)
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
 
 
@@ -209,9 +218,12 @@ def _train(
     dataset = build_dataset(config)
     item_shape = tuple(dataset.item_shape)
     learner = build_learner(config, item_shape).to(device)
+    compute = ComputeMode.resolve(config.train.precision, config.train.channels_last, device)
+    compute.prepare(learner)
     parameters = [p for p in learner.parameters() if p.requires_grad]
     optimizer = build_optimizer(config.train, parameters)
     scheduler = build_scheduler(config.train, optimizer)
+    scaler = compute.grad_scaler()
     train_sampler = build_sampler(
         ComponentConfig(config.sampler.name, {**config.sampler.options, **config.train.sampler_options}),
         dataset,
@@ -232,6 +244,7 @@ def _train(
     if saved is not None:
         learner.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
+        scaler.load_state_dict(saved.get("grad_scaler", {}))  # absent before float16 training existed
         scheduler.load_state_dict(saved["scheduler"])
         own = saved["ranks"][rank]
         train_sampler.load_state_dict(own["sampler"])
@@ -252,7 +265,7 @@ def _train(
         sampler = build_sampler(
             config.sampler, dataset, "val", val_n_way, val_k_shot, config.val.q_query, config.val.batch_size, config.val.seed
         )
-        return run_episodes(learner, sampler, config.val.episodes, device)
+        return run_episodes(learner, sampler, config.val.episodes, device, compute=compute)
 
     def payload(with_state: bool) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -266,6 +279,7 @@ def _train(
             data.update(
                 optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict(),
+                grad_scaler=scaler.state_dict(),
                 ranks=ranks_state,
                 world_size=world_size,
                 elapsed_s=elapsed,
@@ -296,7 +310,8 @@ def _train(
             except StopIteration:
                 raise RuntimeError(f"the training sampler ended after {step} steps; {total} were asked for") from None
             episode = episode.to(device)
-            output = learner(episode)
+            with compute.autocast():
+                output = learner(episode)
             if not torch.isfinite(output.loss):
                 raise DivergedError(
                     f"the training loss is {output.loss.item()} at step {step + 1} of the run in {run_dir}, so training "
@@ -304,12 +319,14 @@ def _train(
                     "--overwrite (train(..., overwrite=True))"
                 )
             optimizer.zero_grad(set_to_none=True)
-            output.loss.backward()
+            scaler.scale(output.loss).backward()
             if world_size > 1:
                 _average_gradients(parameters, world_size)
             if config.train.grad_clip > 0:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(parameters, config.train.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             step += 1
             accuracies = episode_accuracy(output.logits.detach(), episode.query_y)
