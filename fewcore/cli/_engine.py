@@ -112,7 +112,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device or "auto")
     model = load_model(args.checkpoint, device)
     try:
-        predictions = predict_folder(model.learner, model.item_shape, args.support, args.query, device, args.invert)
+        predictions = predict_folder(
+            model.learner, model.item_shape, args.support, args.query, device, args.invert,
+            precision=model.config.eval.precision, channels_last=model.config.eval.channels_last,
+        )
     except ValueError as exc:
         print(f"fewcore predict: error: {exc}", file=sys.stderr)
         return 2

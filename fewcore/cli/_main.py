@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 import fewcore
 from fewcore import _extension
 from fewcore.cli import _engine, _inspect
@@ -52,6 +54,23 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="auto (CUDA when available), cpu, cuda or cuda:N")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="CPU threads of torch's operators (default: torch's choice, OMP_NUM_THREADS or the number of cores)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fewcore`` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="fewcore", description="Few-shot learning with fused kernels and plugins.")
@@ -79,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(train_cmd)
     train_cmd.add_argument("--run-dir", type=Path, default=None, help="where to write (default: run.dir of the config)")
     _add_device(train_cmd)
+    _add_threads(train_cmd)
     train_cmd.add_argument("--resume", action="store_true", help="continue the run in the run directory from its last checkpoint")
     train_cmd.add_argument(
         "--overwrite", action="store_true", help="start over: delete the run directory's finished or stopped run first"
@@ -90,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.add_argument("checkpoint", help="a checkpoint .pt or a run directory (its best.pt)")
     _add_overrides(eval_cmd)
     _add_device(eval_cmd)
+    _add_threads(eval_cmd)
     eval_cmd.add_argument("--output", type=Path, default=None, help="results JSON (default: RUN/eval.json)")
     eval_cmd.add_argument("--json", action="store_true", help="machine-readable output")
     eval_cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -109,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="invert grayscale images (auto: when mostly bright, so dark strokes become ink)",
     )
     _add_device(predict_cmd)
+    _add_threads(predict_cmd)
     predict_cmd.add_argument("--json", action="store_true", help="machine-readable output")
     predict_cmd.set_defaults(func=_engine.cmd_predict)
 
@@ -130,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # read by every command that touches an op, so checked once up front
         print(f"fewcore: error: {exc} (from the environment); unset it, or set it to reference", file=sys.stderr)
         return 2
+    if getattr(args, "threads", None) is not None:
+        torch.set_num_threads(args.threads)
     try:
         return int(args.func(args))
     except _USER_ERRORS as exc:
