@@ -4,6 +4,7 @@ read from small fixtures written here in each benchmark's official file format."
 from __future__ import annotations
 
 import csv
+import json
 import pickle
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 
 import fewcore
+from fewcore.cli import main
 from fewcore.plugins.datasets.cifar100 import _CIFAR_FS_SPLITS, _FC100_SUPERCLASSES
 from fewcore.plugins.datasets.cub import chen_split
 
@@ -336,3 +338,33 @@ def test_cub_errors_name_the_file_and_line(tmp_path: Path) -> None:
     (folder / "classes.txt").write_text("1 001.Black_footed_Albatross\nbroken line\n")
     with pytest.raises(ValueError, match=r"line 2 of .*classes.txt is 'broken line'; expected '<integer id> <value>'"):
         _dataset("cub", tmp_path, tmp_path)
+
+
+# ---------------------------------------------------------------- fewcore data check
+
+
+def test_data_check_passes_a_complete_copy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "CUB_200_2011"
+    names = [f"{i:03d}.Bird_{i}" for i in range(1, 201)]
+    (folder / "images").mkdir(parents=True)
+    (folder / "classes.txt").write_text("".join(f"{i} {name}\n" for i, name in enumerate(names, start=1)))
+    (folder / "images.txt").write_text("".join(f"{i} {name}/{i}.jpg\n" for i, name in enumerate(names, start=1)))
+    (folder / "image_class_labels.txt").write_text("".join(f"{i} {i}\n" for i in range(1, 201)))
+    for name in names:
+        (folder / "images" / name).mkdir()
+        (folder / "images" / name / f"{int(name[:3])}.jpg").write_bytes(b"")  # counted, never decoded
+    assert main(["data", "check", "cub", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "train       100       100" in out and "matches the published counts" in out
+
+
+def test_data_check_reports_what_differs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _write_mini(tmp_path / "mini")
+    assert main(["data", "check", "miniimagenet", str(tmp_path / "mini"), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert not report["ok"]
+    assert report["splits"][0] == {
+        "split": "train", "classes": 3, "expected_classes": 64, "images": 9, "expected_images": 38400, "empty_classes": []
+    }
+    assert main(["data", "check", "folder", str(tmp_path)]) == 2
+    assert "dataset 'folder' has no published counts" in capsys.readouterr().err
