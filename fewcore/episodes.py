@@ -39,10 +39,14 @@ def check_task_batch(support_x: Tensor, support_y: Tensor, query_x: Tensor, n_wa
     Raises:
         ValueError: the shapes disagree, a label is out of range, or a class has no support item.
     """
-    if support_x.dim() < 3 or query_x.dim() < 3:
+    if support_y.dim() != 2 or support_x.dim() < 3 or query_x.dim() < 3:
+        # The likeliest slip is one task without its batch dimension, whose support size would
+        # otherwise be read as the number of tasks.
         raise ValueError(
-            "expected batched tasks support_x [B, Ns, *item_shape] and query_x [B, Nq, *item_shape]; "
-            f"got support_x {tuple(support_x.shape)} and query_x {tuple(query_x.shape)}"
+            "expected a batch of tasks: support_x [B, Ns, *item_shape], support_y [B, Ns] and query_x "
+            f"[B, Nq, *item_shape]; got support_x {tuple(support_x.shape)}, support_y {tuple(support_y.shape)} and "
+            f"query_x {tuple(query_x.shape)}. For one task, add the batch dimension: "
+            "predict(support_x[None], support_y[None], query_x[None])"
         )
     if support_y.shape != support_x.shape[:2]:
         raise ValueError(

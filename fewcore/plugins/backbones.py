@@ -57,6 +57,15 @@ def _in_channels(name: str, in_channels: int | None, item_shape: Sequence[int] |
     return int(item_shape[0])
 
 
+def _check_sizes(name: str, **sizes: int | Sequence[int]) -> None:
+    """Raise a ValueError naming the option unless each size (or each entry of a list of sizes) is
+    an integer of at least 1; torch would otherwise fail later on a negative tensor dimension."""
+    for option, value in sizes.items():
+        entries = list(value) if isinstance(value, Sequence) else [value]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in entries):
+            raise ValueError(f"{name}: {option} must be {'integers' if isinstance(value, Sequence) else 'an integer'} >= 1; got {value!r}")
+
+
 def _check_image_shape(name: str, input_shape: tuple[int, ...], in_channels: int) -> tuple[int, int]:
     """Validate a ``(C, H, W)`` input shape for a 4-stage conv net; returns ``(H, W)``."""
     if len(input_shape) != 3 or input_shape[0] != in_channels:
@@ -107,6 +116,7 @@ class Conv4(_ImageBackbone):
     ) -> None:
         super().__init__()
         self.in_channels = _in_channels("Conv4", in_channels, item_shape, default=1)
+        _check_sizes("Conv4", in_channels=self.in_channels, hidden_channels=hidden_channels)
         self.hidden_channels = hidden_channels
         blocks = []
         channels = self.in_channels
@@ -192,6 +202,7 @@ class ResNet12(_ImageBackbone):
         if len(channels) != 4:
             raise ValueError(f"ResNet12 has four stages, so channels needs 4 entries; got {list(channels)}")
         self.in_channels = _in_channels("ResNet12", in_channels, item_shape, default=3)
+        _check_sizes("ResNet12", in_channels=self.in_channels, channels=channels)
         self.channels = tuple(channels)
         stages = []
         previous = self.in_channels
@@ -258,6 +269,7 @@ class MLP(Backbone):
             )
         else:
             in_features = math.prod(item_shape)
+        _check_sizes("MLP", in_features=in_features, hidden_features=hidden_features, out_features=out_features)
         self.in_features = in_features
         self.out_features = out_features
         layers: list[nn.Module] = []
