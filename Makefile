@@ -1,16 +1,16 @@
 # Two entry points: `make demo` (set up, then meta-train and evaluate on the embedded glyph data)
 # and `make test` (set up, then run the whole test suite). Both are idempotent: set-up reruns
-# only when the build inputs changed.
+# only when the build inputs changed. `make lint` runs ruff and mypy (configured in pyproject.toml).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fewcore-installed
-BUILD_INPUTS := setup.py pyproject.toml $(shell find csrc -type f) \
-	$(wildcard plugins/fewcore-plugin-example/pyproject.toml)
+BUILD_INPUTS := setup.py pyproject.toml $(shell find csrc -type f) $(wildcard plugins/*/pyproject.toml)
+LINT_STAMP := $(VENV)/.lint-tools
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint bench clean
 
 install: $(STAMP)
 
@@ -19,11 +19,12 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 
 # torch first: the extension builds against it without build isolation (which would fetch a
-# second torch). MAX_JOBS bounds the parallel compile to this machine's cores.
+# second torch). MAX_JOBS bounds the parallel compile; by default one job per CPU (nproc). Then
+# every first-party plugin distribution under plugins/, as a user would install it.
 $(STAMP): $(BIN)/python $(BUILD_INPUTS)
 	$(BIN)/pip install --quiet torch ninja
-	MAX_JOBS=$${MAX_JOBS:-2} $(BIN)/pip install --quiet --no-build-isolation -e '.[test]'
-	$(BIN)/pip install --quiet --no-build-isolation -e plugins/fewcore-plugin-example
+	MAX_JOBS=$${MAX_JOBS:-$$(nproc)} $(BIN)/pip install --quiet --no-build-isolation -e '.[test]'
+	for plugin in plugins/*/; do $(BIN)/pip install --quiet --no-build-isolation -e "$$plugin" || exit 1; done
 	touch $@
 
 demo: install
@@ -31,6 +32,15 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The linters, pinned so that a new release cannot fail CI on code that did not change.
+$(LINT_STAMP): $(BIN)/python
+	$(BIN)/pip install --quiet ruff==0.17.6 mypy==2.4.1
+	touch $@
+
+lint: install $(LINT_STAMP)
+	$(BIN)/ruff check
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-only

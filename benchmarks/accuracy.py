@@ -40,7 +40,8 @@ from fewcore.engine._build import build_dataset, build_sampler, resolve_device
 from fewcore.plugins.learners.mann import MANN, evaluate_by_instance
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OMNIGLOT = Path(os.environ.get("FEWCORE_OMNIGLOT", REPO.parent / "shared" / "data" / "omniglot"))
+#: the Omniglot subsets by default: omniglot/ of the data folder, as the configs lay it out
+DEFAULT_OMNIGLOT = Path(os.environ["FEWCORE_DATA"]) / "omniglot" if os.environ.get("FEWCORE_DATA") else None
 
 
 def _cpu_name() -> str:
@@ -56,7 +57,13 @@ def _cpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("learner", help="the learner: configs/<learner>_omniglot.toml is its recipe")
-    parser.add_argument("--omniglot", type=Path, default=DEFAULT_OMNIGLOT, help="folder with images_background_small{1,2}.zip")
+    parser.add_argument(
+        "--omniglot",
+        type=Path,
+        default=DEFAULT_OMNIGLOT,
+        required=DEFAULT_OMNIGLOT is None,
+        help="folder with images_background_small{1,2}.zip (default: $FEWCORE_DATA/omniglot)",
+    )
     parser.add_argument("--episodes", type=int, default=None, help="test episodes per setting (default: the config's)")
     parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/accuracy/<learner>")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")

@@ -9,17 +9,22 @@ from typing import Iterator
 import pytest
 import torch
 
+from fewcore.paths import DATA_ENV
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-#: the shared Omniglot subsets (DESIGN.md); FEWCORE_OMNIGLOT overrides the location
-OMNIGLOT_DIR = Path(os.environ.get("FEWCORE_OMNIGLOT", REPO_ROOT.parent / "shared" / "data" / "omniglot"))
 
 
 @pytest.fixture
 def omniglot_dir() -> Path:
-    """The folder holding images_background_small{1,2}.zip; skips the test when absent."""
-    if not (OMNIGLOT_DIR / "images_background_small1.zip").exists():
-        pytest.skip(f"Omniglot subsets not found in {OMNIGLOT_DIR} (set FEWCORE_OMNIGLOT to their folder)")
-    return OMNIGLOT_DIR
+    """``omniglot/`` of the data folder ``FEWCORE_DATA`` (as the Omniglot configs lay data out),
+    holding images_background_small{1,2}.zip; skips the test when it is absent."""
+    data = os.environ.get(DATA_ENV)
+    if not data:
+        pytest.skip(f"{DATA_ENV} is not set: set it to the folder that holds omniglot/images_background_small1.zip")
+    folder = Path(data) / "omniglot"
+    if not (folder / "images_background_small1.zip").exists():
+        pytest.skip(f"Omniglot subsets not found in {folder} ({DATA_ENV}={data})")
+    return folder
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import fewcore
 from fewcore import _extension
 from fewcore.cli import _data, _engine, _inspect
 from fewcore.config import ConfigError
+from fewcore.paths import DATA_ENV, data_location
 from fewcore.engine._build import BuildError
 from fewcore.engine._checkpoint import CheckpointError
 from fewcore.engine._rundir import RunDirError
@@ -77,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fewcore {fewcore.__version__}")
     parser.add_argument(
         "--debug", action="store_true", help="show the full traceback of an error (also: FEWCORE_DEBUG=1)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"the folder relative data paths of a config are looked up in first (default: ${DATA_ENV})",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -156,7 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "threads", None) is not None:
         torch.set_num_threads(args.threads)
     try:
-        return int(args.func(args))
+        # A config's relative data paths are looked up under --data-dir, then beside the config.
+        config = getattr(args, "config", None)
+        with data_location(args.data_dir, config.parent if config is not None else None):
+            return int(args.func(args))
     except _USER_ERRORS as exc:
         if args.debug or os.environ.get("FEWCORE_DEBUG", "") not in ("", "0"):
             raise

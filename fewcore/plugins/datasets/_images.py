@@ -24,6 +24,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from fewcore.paths import resolve_data_path
+
 logger = logging.getLogger(__name__)
 
 #: image file suffixes read from a class folder
@@ -130,7 +132,7 @@ def _broken_file(path: Path, error: OSError) -> str:
 
 def _resolve_source(source: str | os.PathLike[str]) -> Path:
     """``source`` as an absolute path without symbolic links, or an error naming it."""
-    given = Path(source).expanduser()
+    given = resolve_data_path(source)
     try:
         return given.resolve(strict=True)
     except FileNotFoundError:
