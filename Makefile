@@ -10,7 +10,7 @@ BUILD_INPUTS := setup.py pyproject.toml $(shell find csrc -type f) $(wildcard pl
 LINT_STAMP := $(VENV)/.lint-tools
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint docs bench clean
 
 install: $(STAMP)
 
@@ -23,7 +23,7 @@ $(BIN)/python:
 # every first-party plugin distribution under plugins/, as a user would install it.
 $(STAMP): $(BIN)/python $(BUILD_INPUTS)
 	$(BIN)/pip install --quiet torch ninja
-	MAX_JOBS=$${MAX_JOBS:-$$(nproc)} $(BIN)/pip install --quiet --no-build-isolation -e '.[test]'
+	MAX_JOBS=$${MAX_JOBS:-$$(nproc)} $(BIN)/pip install --quiet --no-build-isolation -e '.[test,docs]'
 	for plugin in plugins/*/; do $(BIN)/pip install --quiet --no-build-isolation -e "$$plugin" || exit 1; done
 	touch $@
 
@@ -32,6 +32,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The documentation site (mkdocs.yml) into site/, every warning an error.
+docs: install
+	$(BIN)/mkdocs build --strict
 
 # The linters, pinned so that a new release cannot fail CI on code that did not change.
 $(LINT_STAMP): $(BIN)/python
@@ -46,4 +50,4 @@ bench: install
 	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-only
 
 clean:
-	rm -rf $(VENV) build *.egg-info fewcore/_C*.so fewcore/_build_info.json
+	rm -rf $(VENV) build site *.egg-info fewcore/_C*.so fewcore/_build_info.json

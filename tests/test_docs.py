@@ -1,11 +1,196 @@
-"""The plugin-author documentation covers every hook."""
+"""The documentation: every code block of README.md and docs/ runs, and the hooks reference is complete.
+
+How a block is run (the convention is also stated in docs/index.md, "The code on these pages"):
+
+* ``python`` blocks are executed; the python blocks of one page share one namespace, top to bottom.
+* ``console`` blocks are shell commands, one per line (``# ...`` ends a line as a comment, a
+  trailing ``\\`` continues it); each must exit with status 0. ``fewcore ...`` commands run in
+  this process (fast); others run in bash with the project's virtual environment first on PATH.
+  A page that runs ``pip install`` gets a virtual environment of its own, layered on the
+  project's, and all its commands run there, so a tutorial never installs into the project's.
+* Each page runs in a fresh working directory holding ``configs/`` (the repository's).
+* An HTML comment on the line before a block (invisible on the rendered page) changes this:
+  ``<!-- docs-test: skip REASON -->`` does not run the block (a reason is required);
+  ``<!-- docs-test: file PATH -->`` writes the block's text to PATH (relative to the working
+  directory) instead of running it, for the files a tutorial has the reader create;
+  ``<!-- docs-test: setup COMMAND -->`` runs the console command COMMAND before the block, for a
+  state the page assumes the reader has (e.g. a trained run).
+* Blocks in other languages (``toml``, ``text``, ...) are shown, not run; ``bash``, ``sh``,
+  ``shell`` and ``pycon`` blocks are refused: write them as ``console`` or ``python``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
+import os
+import re
+import shlex
+import subprocess
+import sys
+import venv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from fewcore import hookspecs
+from fewcore.cli import main
 from tests.conftest import REPO_ROOT
+
+DOC_PAGES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").rglob("*.md"))]
+RUN_LANGUAGES = ("python", "console")
+REFUSED_LANGUAGES = ("bash", "sh", "shell", "pycon")
+_FENCE = re.compile(r"^(?P<indent>\s*)```(?P<language>[\w+-]*)\s*$")
+_DIRECTIVE = re.compile(r"^\s*<!--\s*docs-test:\s*(?P<kind>\w+)\s*(?P<argument>.*?)\s*-->\s*$")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One fenced code block of a page and the directive before it, if any."""
+
+    page: Path
+    line: int  # of the opening fence, 1-based
+    language: str
+    code: str
+    directive: str | None = None
+    argument: str = ""
+
+    @property
+    def where(self) -> str:
+        return f"{self.page.relative_to(REPO_ROOT)}:{self.line}"
+
+
+def read_blocks(page: Path) -> list[Block]:
+    """The fenced code blocks of a Markdown page, in order."""
+    blocks, lines = [], page.read_text().splitlines()
+    index = 0
+    while index < len(lines):
+        fence = _FENCE.match(lines[index])
+        if fence is None:
+            index += 1
+            continue
+        indent, start = fence["indent"], index
+        body = []
+        index += 1
+        while index < len(lines) and lines[index].strip() != "```":
+            line = lines[index]
+            body.append(line[len(indent) :] if line.startswith(indent) else line.lstrip())
+            index += 1
+        previous = next((lines[i] for i in range(start - 1, -1, -1) if lines[i].strip()), "")
+        directive = _DIRECTIVE.match(previous)
+        blocks.append(
+            Block(
+                page,
+                start + 1,
+                fence["language"],
+                "\n".join(body) + "\n",
+                directive["kind"] if directive else None,
+                directive["argument"] if directive else "",
+            )
+        )
+        index += 1
+    return blocks
+
+
+def commands(code: str) -> list[str]:
+    """The command lines of a console block (continuations joined, comment-only lines dropped)."""
+    joined = code.replace("\\\n", " ")
+    return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+class PageRunner:
+    """Runs the blocks of one page in its working directory."""
+
+    def __init__(self, workdir: Path, isolated: bool) -> None:
+        self.workdir = workdir
+        self.namespace: dict[str, Any] = {"__name__": "__docs__"}
+        bin_dirs = [str(Path(sys.executable).parent)]
+        self.isolated = isolated
+        if isolated:
+            bin_dirs.insert(0, str(self._layered_venv(workdir / ".venv-docs")))
+        self.env = {**os.environ, "PATH": os.pathsep.join([*bin_dirs, os.environ.get("PATH", "")]), "MPLBACKEND": "Agg"}
+        self.env["OMP_NUM_THREADS"] = "1"  # tiny models on a shared machine: one thread (see conftest's one_thread)
+
+    @staticmethod
+    def _layered_venv(path: Path) -> Path:
+        """A virtual environment that sees the project's packages but installs into itself."""
+        venv.create(path, with_pip=False, symlinks=True)
+        site_packages = next(path.glob("lib/python*/site-packages"))
+        project_site = next(p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())
+        # `site.addsitedir` also processes the project's .pth files (its editable installs).
+        (site_packages / "_project_venv.pth").write_text(f"import site; site.addsitedir({project_site!r})\n")
+        # The console scripts of the project's venv start the project's interpreter; give
+        # this environment its own, so that what it installs is seen.
+        for script in ("fewcore", "pip"):
+            module = "fewcore.cli" if script == "fewcore" else "pip"
+            (path / "bin" / script).write_text(f"#!{path / 'bin' / 'python'}\nimport runpy\nrunpy.run_module({module!r}, run_name='__main__')\n")
+            (path / "bin" / script).chmod(0o755)
+        return path / "bin"
+
+    def run(self, block: Block) -> None:
+        if block.directive == "setup":
+            self.run_console(block, block.argument)
+        if block.language == "python":
+            exec(compile(block.code, block.where, "exec"), self.namespace)
+        elif block.language == "console":
+            for line in commands(block.code):
+                self.run_console(block, line)
+
+    def run_console(self, block: Block, line: str) -> None:
+        argv = shlex.split(line, comments=True)
+        if argv[0] == "fewcore" and not self.isolated:
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+                status = main(argv[1:])
+            assert status == 0, f"{block.where}: `{line}` exited with {status}:\n{out.getvalue()[-3000:]}"
+            return
+        result = subprocess.run(
+            ["bash", "-c", line], cwd=self.workdir, env=self.env, capture_output=True, text=True, timeout=300
+        )
+        output = (result.stdout + result.stderr)[-3000:]
+        assert result.returncode == 0, f"{block.where}: `{line}` exited with {result.returncode}:\n{output}"
+
+
+def _page_id(page: Path) -> str:
+    return str(page.relative_to(REPO_ROOT))
+
+
+@pytest.mark.parametrize("page", DOC_PAGES, ids=_page_id)
+def test_every_block_is_run_or_says_why_not(page: Path) -> None:
+    for block in read_blocks(page):
+        assert block.language not in REFUSED_LANGUAGES, (
+            f"{block.where}: a {block.language!r} block; write it as 'console' (commands) or 'python' (code) so it runs"
+        )
+        if block.directive is not None:
+            assert block.directive in ("skip", "file", "setup"), f"{block.where}: unknown directive {block.directive!r}"
+            assert block.argument, f"{block.where}: 'docs-test: {block.directive}' needs a {'reason' if block.directive == 'skip' else 'argument'}"
+
+
+def runnable_blocks(page: Path) -> list[Block]:
+    """The blocks of ``page`` that the test runs or writes, in order."""
+    return [
+        b for b in read_blocks(page) if b.directive != "skip" and (b.language in RUN_LANGUAGES or b.directive == "file")
+    ]
+
+
+@pytest.mark.parametrize("page", [p for p in DOC_PAGES if runnable_blocks(p)], ids=_page_id)
+def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None) -> None:
+    runnable = runnable_blocks(page)
+    (tmp_path / "configs").symlink_to(REPO_ROOT / "configs")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    isolated = any("pip install" in line for b in runnable if b.language == "console" for line in commands(b.code))
+    runner = PageRunner(tmp_path, isolated)
+    for block in runnable:
+        if block.directive == "file":
+            target = tmp_path / block.argument
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(block.code)
+        else:
+            runner.run(block)
 
 
 def test_every_hookspec_has_a_heading_with_its_signature() -> None:
