@@ -15,8 +15,9 @@ How a block is run (the convention is also stated in docs/index.md, "The code on
   directory) instead of running it, for the files a tutorial has the reader create;
   ``<!-- docs-test: setup COMMAND -->`` runs the console command COMMAND before the block, for a
   state the page assumes the reader has (e.g. a trained run).
-* Blocks in other languages (``toml``, ``text``, ...) are shown, not run; ``bash``, ``sh``,
-  ``shell`` and ``pycon`` blocks are refused: write them as ``console`` or ``python``.
+* Blocks in other languages (``toml``, ``text``, ...) are shown, not run; blocks without a
+  language and ``bash``, ``sh``, ``shell`` and ``pycon`` blocks are refused: write commands as
+  ``console`` and code as ``python`` (or plain text as ``text``).
 """
 
 from __future__ import annotations
@@ -161,8 +162,9 @@ def _page_id(page: Path) -> str:
 @pytest.mark.parametrize("page", DOC_PAGES, ids=_page_id)
 def test_every_block_is_run_or_says_why_not(page: Path) -> None:
     for block in read_blocks(page):
-        assert block.language not in REFUSED_LANGUAGES, (
-            f"{block.where}: a {block.language!r} block; write it as 'console' (commands) or 'python' (code) so it runs"
+        assert block.language and block.language not in REFUSED_LANGUAGES, (
+            f"{block.where}: a block in {block.language or 'no language'!r}; write commands as 'console' and code as "
+            "'python' so that they run (or plain text as 'text')"
         )
         if block.directive is not None:
             assert block.directive in ("skip", "file", "setup"), f"{block.where}: unknown directive {block.directive!r}"
