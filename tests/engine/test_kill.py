@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fewcore.config import Config
-from fewcore.engine import MetricsLog, load_checkpoint, train
+from fewcore.engine import MetricsLog, RunDirError, load_checkpoint, train
 from tests.conftest import REPO_ROOT
 from tests.engine._fakes import fake_config_dict
 
@@ -48,6 +48,9 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(fakes, tmp_path: Path
             assert child.poll() is None, "the training process ended before it could be killed"
             assert time.monotonic() < deadline, "the training process made no progress"
             time.sleep(0.02)
+        # A second training in the same directory is refused while the first one runs ...
+        with pytest.raises(RunDirError, match=f"in use by another training \\(pid {child.pid} "):
+            train(Config.from_dict(fake_config_dict(str(killed), steps=STEPS, log_every=LOG_EVERY)), resume=True, progress=False)
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.wait()
@@ -56,6 +59,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(fakes, tmp_path: Path
     assert 8 <= stopped_at < STEPS, "the kill came too late to test anything"
 
     config = fake_config_dict(str(killed), steps=STEPS, log_every=LOG_EVERY)
+    # ... and the kill releases the lock, so the resume starts at once.
     resumed = train(Config.from_dict(config), resume=True, progress=False)
     whole = train(Config.from_dict(fake_config_dict(str(tmp_path / "whole"), steps=STEPS, log_every=LOG_EVERY)), progress=False)
     assert resumed.steps == whole.steps == STEPS
