@@ -172,3 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"fewcore {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nfewcore {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`fewcore plugins | head`). Point stdout at /dev/null so the flush at
+        # exit does not fail again, and exit with 1, as Python's documentation on SIGPIPE advises.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
