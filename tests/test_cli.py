@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +63,14 @@ def test_broken_plugin_gives_a_clean_error_not_a_traceback(monkeypatch: pytest.M
     assert 'Error importing plugin "bad"' in result.stderr
     assert "FEWCORE_DISABLE_PLUGINS=bad" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_user_error_has_no_traceback_unless_debug_asks(tmp_path: Path) -> None:
+    """Run as a user would, through ``python -m fewcore.cli``: the interpreter prints any traceback."""
+    command = [sys.executable, "-m", "fewcore.cli", "train", str(tmp_path)]
+    plain = subprocess.run(command, capture_output=True, text=True)
+    assert plain.returncode == 2
+    assert plain.stderr == f"fewcore train: error: config path {tmp_path} is a directory; give a TOML file\n"
+    debug = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "FEWCORE_DEBUG": "1"})
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
+
