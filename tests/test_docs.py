@@ -7,7 +7,8 @@ How a block is run (the convention is also stated in docs/index.md, "The code on
   trailing ``\\`` continues it); each must exit with status 0. ``fewcore ...`` commands run in
   this process (fast); others run in bash with the project's virtual environment first on PATH.
   A page that runs ``pip install`` gets a virtual environment of its own, layered on the
-  project's, and all its commands run there, so a tutorial never installs into the project's.
+  project's, so a tutorial never installs into the project's; its ``fewcore`` commands see what
+  it installed (its site directory is added for the command, and the registry reloaded).
 * Each page runs in a fresh working directory holding ``configs/`` (the repository's).
 * An HTML comment on the line before a block (invisible on the rendered page) changes this:
   ``<!-- docs-test: skip REASON -->`` does not run the block (a reason is required);
@@ -23,20 +24,23 @@ How a block is run (the convention is also stated in docs/index.md, "The code on
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import io
 import os
 import re
 import shlex
+import site
 import subprocess
 import sys
 import venv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
+import fewcore
 from fewcore import hookspecs
 from fewcore.cli import main
 from tests.conftest import REPO_ROOT
@@ -109,9 +113,10 @@ class PageRunner:
         self.workdir = workdir
         self.namespace: dict[str, Any] = {"__name__": "__docs__"}
         bin_dirs = [str(Path(sys.executable).parent)]
-        self.isolated = isolated
+        self.site_packages: Path | None = None
         if isolated:
             bin_dirs.insert(0, str(self._layered_venv(workdir / ".venv-docs")))
+            self.site_packages = next((workdir / ".venv-docs").glob("lib/python*/site-packages"))
         self.env = {**os.environ, "PATH": os.pathsep.join([*bin_dirs, os.environ.get("PATH", "")]), "MPLBACKEND": "Agg"}
         self.env["OMP_NUM_THREADS"] = "1"  # tiny models on a shared machine: one thread (see conftest's one_thread)
 
@@ -123,28 +128,46 @@ class PageRunner:
         project_site = next(p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())
         # `site.addsitedir` also processes the project's .pth files (its editable installs).
         (site_packages / "_project_venv.pth").write_text(f"import site; site.addsitedir({project_site!r})\n")
-        # The console scripts of the project's venv start the project's interpreter; give
-        # this environment its own, so that what it installs is seen.
-        for script in ("fewcore", "pip"):
-            module = "fewcore.cli" if script == "fewcore" else "pip"
-            (path / "bin" / script).write_text(f"#!{path / 'bin' / 'python'}\nimport runpy\nrunpy.run_module({module!r}, run_name='__main__')\n")
-            (path / "bin" / script).chmod(0o755)
+        # The project's console scripts start the project's interpreter, which would install
+        # there and not see what was installed here: this environment gets its own.
+        for script, module in (("pip", "pip"), ("fewcore", "fewcore.cli")):
+            file = path / "bin" / script
+            file.write_text(f"#!{path / 'bin' / 'python'}\nimport runpy\nrunpy.run_module({module!r}, run_name='__main__')\n")
+            file.chmod(0o755)
         return path / "bin"
+
+    @contextlib.contextmanager
+    def page_packages(self) -> Iterator[None]:
+        """While open: what the page installed is importable and registered (then forgotten)."""
+        if self.site_packages is None:
+            yield
+            return
+        saved_path, saved_meta_path = list(sys.path), list(sys.meta_path)
+        site.addsitedir(str(self.site_packages))  # runs its .pth files: the editable installs
+        importlib.invalidate_caches()
+        fewcore.registry(reload=True)
+        try:
+            yield
+        finally:
+            sys.path[:], sys.meta_path[:] = saved_path, saved_meta_path
+            importlib.invalidate_caches()
+            fewcore.registry(reload=True)
 
     def run(self, block: Block) -> None:
         if block.directive == "setup":
             self.run_console(block, block.argument)
         if block.language == "python":
-            exec(compile(block.code, block.where, "exec"), self.namespace)
+            with self.page_packages():
+                exec(compile(block.code, block.where, "exec"), self.namespace)
         elif block.language == "console":
             for line in commands(block.code):
                 self.run_console(block, line)
 
     def run_console(self, block: Block, line: str) -> None:
         argv = shlex.split(line, comments=True)
-        if argv[0] == "fewcore" and not self.isolated:
+        if argv[0] == "fewcore" and not any(c in line for c in "|;&<>"):
             out = io.StringIO()
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            with self.page_packages(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
                 status = main(argv[1:])
             assert status == 0, f"{block.where}: `{line}` exited with {status}:\n{out.getvalue()[-3000:]}"
             return
@@ -186,6 +209,7 @@ def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("MPLBACKEND", "Agg")
     isolated = any("pip install" in line for b in runnable if b.language == "console" for line in commands(b.code))
     runner = PageRunner(tmp_path, isolated)
+    registered = sorted((c.kind, c.name) for c in fewcore.registry().components())
     for block in runnable:
         if block.directive == "file":
             target = tmp_path / block.argument
@@ -193,6 +217,9 @@ def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
             target.write_text(block.code)
         else:
             runner.run(block)
+    assert sorted((c.kind, c.name) for c in fewcore.registry().components()) == registered, (
+        "a page must leave the registry as it found it"
+    )
 
 
 def test_every_hookspec_has_a_heading_with_its_signature() -> None:
