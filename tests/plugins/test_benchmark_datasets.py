@@ -16,6 +16,8 @@ from PIL import Image
 
 import fewcore
 from fewcore.cli import main
+from fewcore.config import load_config
+from fewcore.engine import build_dataset
 from fewcore.plugins.datasets.cifar100 import _CIFAR_FS_SPLITS, _FC100_SUPERCLASSES
 from fewcore.plugins.datasets.cub import chen_split
 
@@ -368,3 +370,30 @@ def test_data_check_reports_what_differs(tmp_path: Path, capsys: pytest.CaptureF
     }
     assert main(["data", "check", "folder", str(tmp_path)]) == 2
     assert "dataset 'folder' has no published counts" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the shipped configs
+
+CONFIG_DATA = {
+    "miniimagenet": lambda data: _write_mini(data / "miniimagenet"),
+    "tieredimagenet": lambda data: _write_tiered(data / "tieredimagenet"),
+    "cifar-fs": lambda data: _write_cifar100(data / "cifar100"),
+    "fc100": lambda data: _write_cifar100(data / "cifar100"),
+    "cub": lambda data: _write_cub(data),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIG_DATA))
+def test_shipped_config_builds_its_dataset_from_the_data_folder(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    CONFIG_DATA[name](data)
+    monkeypatch.setenv("FEWCORE_DATA", str(data))  # the config's root is relative to the data folder
+    monkeypatch.setenv("FEWCORE_CACHE", str(tmp_path / "cache"))
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / f"protonet_{name}.toml")
+    assert (config.dataset.name, config.backbone.name, config.learner.name) == (name, "resnet12", "protonet")
+    dataset = build_dataset(config)
+    side = 32 if name in ("cifar-fs", "fc100") else 84
+    assert dataset.item_shape == (3, side, side)
+    assert all(dataset.classes(split) for split in SPLITS)

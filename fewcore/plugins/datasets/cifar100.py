@@ -24,13 +24,14 @@ import abc
 import os
 import pickle
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fewcore.paths import resolve_data_path
 from fewcore.plugins.datasets._benchmark import Census, Expected, require_file
 from fewcore.plugins.datasets._store import SPLITS, ClassStore
 
@@ -109,7 +110,7 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 def _folder(root: str | os.PathLike[str]) -> Path:
     """The folder holding ``meta``, ``train`` and ``test``: ``root`` or ``root/cifar-100-python``."""
-    root = Path(root).expanduser()
+    root = resolve_data_path(root)
     nested = root / "cifar-100-python"
     return nested if (nested / "meta").is_file() else root
 
@@ -129,25 +130,46 @@ def _field(batch: dict[str, Any], key: str, path: Path) -> Any:
     return batch[key]
 
 
-def _read_labels(folder: Path) -> tuple[list[str], list[str], dict[str, np.ndarray]]:
-    """Fine and coarse label names, and per file (``train``, ``test``) its ``[n, 2]`` fine and
-    coarse label indices."""
+class _Cifar100(NamedTuple):
+    """CIFAR-100's ``train`` and ``test`` files, concatenated in that order."""
+
+    fine_names: list[str]
+    coarse_names: list[str]
+    fine: np.ndarray  # [n] fine label of each image
+    coarse: np.ndarray  # [n] coarse label (superclass) of each image
+    data: np.ndarray  # [n, 3072] uint8: the R, G and B planes of each 32x32 image
+
+    def superclasses(self) -> dict[str, str]:
+        """fine class → its superclass, from the labels every image carries."""
+        pairs = np.unique(np.stack([self.fine, self.coarse], axis=1), axis=0)
+        return {self.fine_names[fine]: self.coarse_names[coarse] for fine, coarse in pairs.tolist()}
+
+
+def _read(root: str | os.PathLike[str]) -> _Cifar100:
+    """The meta, train and test pickles under ``root``, checked for the official keys and shapes."""
+    folder = _folder(root)
     meta = _unpickle(folder / "meta")
-    fine_names = [str(n) for n in _field(meta, "fine_label_names", folder / "meta")]
-    coarse_names = [str(n) for n in _field(meta, "coarse_label_names", folder / "meta")]
-    labels = {}
-    for part in ("train", "test"):
-        batch = _unpickle(folder / part)
-        fine = np.asarray(_field(batch, "fine_labels", folder / part), dtype=np.int64)
-        coarse = np.asarray(_field(batch, "coarse_labels", folder / part), dtype=np.int64)
-        labels[part] = np.stack([fine, coarse], axis=1)
-    return fine_names, coarse_names, labels
+    parts = [_unpickle(folder / part) for part in ("train", "test")]
 
+    def column(key: str, dtype: type | None = None) -> np.ndarray:
+        """One entry of both files, concatenated."""
+        return np.concatenate(
+            [np.asarray(_field(part, key, folder / name), dtype=dtype) for part, name in zip(parts, ("train", "test"))]
+        )
 
-def _superclasses(fine_names: list[str], coarse_names: list[str], labels: dict[str, np.ndarray]) -> dict[str, str]:
-    """fine class → its superclass, from the labels every image carries."""
-    pairs = np.unique(np.concatenate(list(labels.values())), axis=0)
-    return {fine_names[fine]: coarse_names[coarse] for fine, coarse in pairs.tolist()}
+    data = column("data")
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * _CIFAR_SIZE**2:
+        raise ValueError(
+            f"cifar-100: the 'data' of {folder}/train and /test is {data.dtype} of shape {data.shape}; "
+            f"expected uint8 rows of {3 * _CIFAR_SIZE**2} values (32x32 RGB, channel-major)"
+        )
+    return _Cifar100(
+        fine_names=[str(n) for n in _field(meta, "fine_label_names", folder / "meta")],
+        coarse_names=[str(n) for n in _field(meta, "coarse_label_names", folder / "meta")],
+        fine=column("fine_labels", np.int64),
+        coarse=column("coarse_labels", np.int64),
+        data=data,
+    )
 
 
 class _Cifar100Benchmark(ClassStore):
@@ -159,31 +181,17 @@ class _Cifar100Benchmark(ClassStore):
     expected_counts: ClassVar[dict[str, Expected]]
 
     def __init__(self, root: str | os.PathLike[str], image_size: int = _CIFAR_SIZE) -> None:
-        folder = _folder(root)
-        fine_names, coarse_names, labels = _read_labels(folder)
-        splits = self._split(_superclasses(fine_names, coarse_names, labels))
-        images = np.concatenate([self._images(folder / part) for part in ("train", "test")])
-        fine = np.concatenate([labels[part][:, 0] for part in ("train", "test")])
-        pixels = torch.from_numpy(images.reshape(-1, 3, _CIFAR_SIZE, _CIFAR_SIZE))
-        if image_size != _CIFAR_SIZE:
-            pixels = _resize(pixels, image_size)
-        wanted = {name for names in splits.values() for name in names}
+        cifar = _read(root)
+        splits = self._split(cifar.superclasses())
+        images = cifar.data.reshape(-1, 3, _CIFAR_SIZE, _CIFAR_SIZE)
         items = {
-            name: pixels[torch.from_numpy(np.flatnonzero(fine == index))]
-            for index, name in enumerate(fine_names)
-            if name in wanted
+            name: torch.from_numpy(images[cifar.fine == cifar.fine_names.index(name)])
+            for names in splits.values()
+            for name in names
         }
+        if image_size != _CIFAR_SIZE:
+            items = {name: _resize(pixels, image_size) for name, pixels in items.items()}
         super().__init__(items, splits)
-
-    @staticmethod
-    def _images(path: Path) -> np.ndarray:
-        data = np.asarray(_field(_unpickle(path), "data", path))
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * _CIFAR_SIZE**2:
-            raise ValueError(
-                f"cifar-100: the 'data' of {path} is {data.dtype} of shape {data.shape}; "
-                f"expected uint8 rows of {3 * _CIFAR_SIZE**2} values (32x32 RGB, channel-major)"
-            )
-        return data
 
     @classmethod
     @abc.abstractmethod
@@ -193,10 +201,12 @@ class _Cifar100Benchmark(ClassStore):
     @classmethod
     def survey(cls, root: str | os.PathLike[str]) -> Census:
         """split → fine class → number of its images in the ``train`` and ``test`` pickles."""
-        fine_names, coarse_names, labels = _read_labels(_folder(root))
-        counts = np.bincount(np.concatenate([labels[part][:, 0] for part in labels]), minlength=len(fine_names))
-        splits = cls._split(_superclasses(fine_names, coarse_names, labels))
-        return {split: {name: int(counts[fine_names.index(name)]) for name in names} for split, names in splits.items()}
+        cifar = _read(root)
+        counts = np.bincount(cifar.fine, minlength=len(cifar.fine_names))
+        return {
+            split: {name: int(counts[cifar.fine_names.index(name)]) for name in names}
+            for split, names in cls._split(cifar.superclasses()).items()
+        }
 
 
 def _resize(pixels: Tensor, size: int) -> Tensor:
@@ -221,7 +231,8 @@ class CifarFS(_Cifar100Benchmark):
     are ``[3, image_size, image_size]`` float32 in [0, 1].
 
     Args:
-        root: the folder holding ``cifar-100-python/`` (or its ``meta``, ``train``, ``test`` files).
+        root: the folder holding ``cifar-100-python/`` (or its ``meta``, ``train``, ``test`` files);
+            a relative path is looked up as :func:`fewcore.paths.resolve_data_path` says.
         image_size: H = W of the items; 32, CIFAR's own size, keeps the images as they are.
     """
 
@@ -244,7 +255,8 @@ class FC100(_Cifar100Benchmark):
     float32 in [0, 1].
 
     Args:
-        root: the folder holding ``cifar-100-python/`` (or its ``meta``, ``train``, ``test`` files).
+        root: the folder holding ``cifar-100-python/`` (or its ``meta``, ``train``, ``test`` files);
+            a relative path is looked up as :func:`fewcore.paths.resolve_data_path` says.
         image_size: H = W of the items; 32, CIFAR's own size, keeps the images as they are.
     """
 

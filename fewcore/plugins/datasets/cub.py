@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 from typing import ClassVar
 
+from fewcore.paths import resolve_data_path
 from fewcore.plugins.datasets._benchmark import Census, Expected, read_id_table, require_file
 from fewcore.plugins.datasets._images import default_cache_dir, load_image_files
 from fewcore.plugins.datasets._store import ClassStore
@@ -32,7 +33,7 @@ _LAYOUT = "the unpacked CUB_200_2011.tgz: classes.txt, images.txt, image_class_l
 
 def _folder(root: str | os.PathLike[str]) -> Path:
     """The folder holding the index files: ``root`` or ``root/CUB_200_2011``."""
-    root = Path(root).expanduser()
+    root = resolve_data_path(root)
     nested = root / "CUB_200_2011"
     return nested if (nested / "images.txt").is_file() else root
 
@@ -78,7 +79,8 @@ class CUB(ClassStore):
 
     Args:
         root: the folder holding ``classes.txt``, ``images.txt``, ``image_class_labels.txt`` and
-            ``images/`` (or the folder that holds ``CUB_200_2011/``).
+            ``images/`` (or the folder that holds ``CUB_200_2011/``); a relative path is looked up
+            as :func:`fewcore.paths.resolve_data_path` says.
         image_size: H = W of the items (84 in the few-shot literature's ResNet-12 setting).
         cache_dir: where decoded images are cached (default ``$FEWCORE_CACHE`` or ``~/.cache/fewcore``).
         disk_cache: cache decoded images on disk; they are kept in memory for the process either way.

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import ClassVar
 
+from fewcore.paths import resolve_data_path
 from fewcore.plugins.datasets._benchmark import Census, Expected, require_file
 from fewcore.plugins.datasets._images import default_cache_dir, load_image_files
 from fewcore.plugins.datasets._store import SPLITS, ClassStore
@@ -49,7 +50,8 @@ class MiniImageNet(ClassStore):
     image_size]`` float32 in [0, 1].
 
     Args:
-        root: the folder holding ``train.csv``, ``val.csv``, ``test.csv`` and ``images/``.
+        root: the folder holding ``train.csv``, ``val.csv``, ``test.csv`` and ``images/``
+            (a relative path is looked up as :func:`fewcore.paths.resolve_data_path` says).
         image_size: H = W of the items (84 in the literature).
         cache_dir: where decoded images are cached (default ``$FEWCORE_CACHE`` or ``~/.cache/fewcore``).
         disk_cache: cache decoded images on disk; they are kept in memory for the process either way.
@@ -73,7 +75,7 @@ class MiniImageNet(ClassStore):
         cache_dir: str | os.PathLike[str] | None = None,
         disk_cache: bool = True,
     ) -> None:
-        root = Path(root).expanduser()
+        root = resolve_data_path(root)
         listed = {split: _read_split(root, split) for split in SPLITS}
         images = root / "images"
         if not images.is_dir():
@@ -86,7 +88,7 @@ class MiniImageNet(ClassStore):
     @classmethod
     def survey(cls, root: str | os.PathLike[str]) -> Census:
         """split → class → number of its listed images present in ``root/images``, nothing decoded."""
-        root = Path(root).expanduser()
+        root = resolve_data_path(root)
         return {
             split: {
                 label: sum((root / "images" / name).is_file() for name in names)

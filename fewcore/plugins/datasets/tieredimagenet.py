@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import ClassVar
 
+from fewcore.paths import resolve_data_path
 from fewcore.plugins.datasets._benchmark import Census, Expected
 from fewcore.plugins.datasets._images import _folder_files
 from fewcore.plugins.datasets._store import SPLITS
@@ -25,7 +26,7 @@ from fewcore.plugins.datasets.folder import Folder
 
 
 def _split_folders(root: str | os.PathLike[str]) -> dict[str, Path]:
-    root = Path(root).expanduser()
+    root = resolve_data_path(root)
     folders = {split: root / split for split in SPLITS}
     missing = [str(folder) for folder in folders.values() if not folder.is_dir()]
     if missing:
@@ -43,7 +44,8 @@ class TieredImageNet(Folder):
     in [0, 1].
 
     Args:
-        root: the folder holding ``train/``, ``val/`` and ``test/``.
+        root: the folder holding ``train/``, ``val/`` and ``test/`` (a relative path is looked
+            up as :func:`fewcore.paths.resolve_data_path` says).
         image_size: H = W of the items (84 in the literature).
         cache_dir: where decoded images are cached (default ``$FEWCORE_CACHE`` or ``~/.cache/fewcore``).
         disk_cache: cache decoded images on disk; they are kept in memory for the process either way.

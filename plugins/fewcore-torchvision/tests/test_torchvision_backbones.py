@@ -101,7 +101,7 @@ def test_weights_come_from_the_file(tmp_path: Path, architecture: str) -> None:
 
 def test_a_missing_or_wrong_weights_file_is_named(tmp_path: Path) -> None:
     missing = tmp_path / "weights" / "resnet18.pth"
-    with pytest.raises(FileNotFoundError, match=r"weights file .*weights/resnet18.pth does not exist.*resnet18-f37072fd.pth"):
+    with pytest.raises(FileNotFoundError, match=r"weights file .*weights/resnet18.pth does not exist .*resnet18-f37072fd.pth"):
         ResNet18(weights=missing)
     _, resnet18_file = _saved_weights(tmp_path, "resnet18")
     with pytest.raises(ValueError, match=r"is not a state dict of torchvision's resnet50: missing \['layer1.0.bn3.bias'"):

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torchvision import models
 
 import fewcore
+from fewcore.paths import resolve_data_path
 
 #: ImageNet channel means and standard deviations (of the images torchvision's weights saw)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -95,31 +96,37 @@ ARCHITECTURES: dict[str, _Architecture] = {
 }
 
 
-def _read_state_dict(path: Path, name: str, architecture: _Architecture) -> dict[str, Tensor]:
-    """The state dict in ``path``, or an error that names the file and what was expected."""
+def _read_state_dict(weights: str | os.PathLike[str], name: str, architecture: _Architecture) -> tuple[Path, dict[str, Tensor]]:
+    """The file ``weights`` names (found like a data path) and its state dict, or an error that
+    names the file and what was expected."""
+    expected = (
+        f"Expected torchvision's ImageNet state dict for this network (torchvision names it "
+        f"{architecture.weights_file}) there; fewcore never downloads weights. Copy the file there, "
+        "or leave weights out to start from random weights."
+    )
+    try:
+        path = resolve_data_path(weights)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{name}: weights file {weights} does not exist ({exc}). {expected}") from exc
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{name}: weights file {path} does not exist. Expected torchvision's ImageNet state dict for "
-            f"this network (torchvision names it {architecture.weights_file}) at that path; fewcore never "
-            "downloads weights. Copy the file there, or leave weights out to start from random weights."
-        )
+        raise FileNotFoundError(f"{name}: weights file {path} is not a file. {expected}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated file or a pickled model, not a state dict
         raise ValueError(f"{name}: cannot read {path} as a state dict of tensors ({exc})") from exc
     if not isinstance(state, dict):
         raise ValueError(f"{name}: {path} holds a {type(state).__name__}; expected a state dict (name → tensor)")
-    return state
+    return path, state
 
 
-def _trunk_with_weights(path: Path, name: str, architecture: _Architecture) -> nn.Sequential:
-    """The trunk, its tensors taken from the state dict in ``path``.
+def _trunk_with_weights(weights: str | os.PathLike[str], name: str, architecture: _Architecture) -> nn.Sequential:
+    """The trunk, its tensors taken from the state dict in the file ``weights``.
 
     The classifier is built on the meta device, so no memory or time goes into initialising
     weights that the file replaces or that are dropped (VGG-16's classifier is 124M of its 138M
     parameters). The file may hold the classifier's tensors or only the trunk's.
     """
-    state = _read_state_dict(path, name, architecture)
+    path, state = _read_state_dict(weights, name, architecture)
     with torch.device("meta"):
         model = architecture.build()
     trunk = architecture.trunk(model)
@@ -145,8 +152,9 @@ class TorchvisionBackbone(fewcore.Backbone):
     Subclasses name the architecture (:class:`VGG16`, :class:`ResNet18`, :class:`ResNet50`).
 
     Args:
-        weights: path of torchvision's state-dict file for the architecture; ``None`` for
-            random initial weights.
+        weights: path of torchvision's state-dict file for the architecture, relative paths
+            looked up like data paths (:func:`fewcore.paths.resolve_data_path`: under the data
+            folder, then beside the config file); ``None`` for random initial weights.
         freeze: keep the trunk's weights and batch-norm statistics fixed (needs ``weights``).
         normalize: standardise inputs in [0, 1] with the ImageNet mean and deviation, as the
             torchvision weights expect.
@@ -177,7 +185,7 @@ class TorchvisionBackbone(fewcore.Backbone):
         if weights is None:
             self.trunk = self._spec.trunk(self._spec.build())
         else:
-            self.trunk = _trunk_with_weights(Path(weights).expanduser(), self.name, self._spec)
+            self.trunk = _trunk_with_weights(weights, self.name, self._spec)
         self.freeze = freeze
         self.normalize = normalize
         if freeze:
