@@ -9,6 +9,7 @@ import pytest
 import fewcore
 from fewcore.config import Config, ConfigError, load_config, parse_override, parse_setting
 from fewcore.engine import BuildError, build_dataset, build_learner
+from fewcore.plugins.learners.maml import MAML
 from fewcore.testing import random_episode
 
 REPO = Path(__file__).resolve().parent.parent
@@ -207,3 +208,11 @@ def test_classic_5_way_5_shot_config_trains_and_tests_on_28x28_omniglot(omniglot
     dataset = build_dataset(config)
     assert tuple(dataset.item_shape) == (1, 28, 28)
     assert len(dataset.classes("test")) >= 5
+
+
+def test_maml_python_default_inner_lr_is_the_one_the_omniglot_configs_use() -> None:
+    config = load_config(REPO / "configs" / "maml_omniglot.toml")
+    learner = build_learner(config, (1, 32, 32))
+    assert isinstance(learner, MAML) and learner.inner_lr == config.learner.options["inner_lr"] == 0.1
+    del config.learner.options["inner_lr"]
+    assert build_learner(config, (1, 32, 32)).inner_lr == 0.1  # what the Python API gives when not told

@@ -387,7 +387,7 @@ def test_learns_one_shot_glyphs(name: str) -> None:
 
     backbone = fewcore.create("backbone", "conv4", hidden_channels=16)
     learner = fewcore.create(
-        "learner", name, backbone=backbone, item_shape=dataset.item_shape, eval_inner_steps=3
+        "learner", name, backbone=backbone, item_shape=dataset.item_shape, eval_inner_steps=3, inner_lr=0.4
     )
     test = list(itertools.islice(episodes("test", 1), 5))
 
