@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Protocol, runtime_checkable
 
 import fewcore
@@ -49,6 +50,23 @@ def _surveyable(name: str) -> Surveyable:
     return factory
 
 
+@dataclass(frozen=True)
+class SplitCheck:
+    """Found against published counts for one split."""
+
+    split: str
+    classes: int
+    expected_classes: int
+    images: int
+    expected_images: int | None
+    empty_classes: list[str]
+
+    @property
+    def matches(self) -> bool:
+        """The counts are the published ones (images where a figure is published)."""
+        return self.classes == self.expected_classes and self.expected_images in (None, self.images)
+
+
 def cmd_data_check(args: argparse.Namespace) -> int:
     """Print found against expected classes and images per split; exit status 1 on a mismatch."""
     dataset = _surveyable(args.name)
@@ -57,37 +75,25 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a malformed index file: the user's data, not a bug
         print(f"fewcore data check: error: {exc}", file=sys.stderr)
         return 2
-    rows = []
+    checks = []
     for split, (classes, images) in dataset.expected_counts.items():
         counts = found.get(split, {})
-        rows.append(
-            {
-                "split": split,
-                "classes": len(counts),
-                "expected_classes": classes,
-                "images": sum(counts.values()),
-                "expected_images": images,
-                "empty_classes": sorted(name for name, n in counts.items() if n == 0),
-            }
-        )
-    ok = all(
-        r["classes"] == r["expected_classes"]
-        and r["expected_images"] in (None, r["images"])
-        and not r["empty_classes"]
-        for r in rows
-    )
+        empty = sorted(name for name, n in counts.items() if n == 0)
+        checks.append(SplitCheck(split, len(counts), classes, sum(counts.values()), images, empty))
+    ok = all(check.matches and not check.empty_classes for check in checks)
     if args.json:
-        print(json.dumps({"dataset": args.name, "root": str(args.root), "ok": ok, "splits": rows}, indent=2))
+        report = {"dataset": args.name, "root": str(args.root), "ok": ok, "splits": [asdict(c) for c in checks]}
+        print(json.dumps(report, indent=2))
         return 0 if ok else 1
     print(f"{args.name} at {args.root}")
     print(f"{'split':<6} {'classes':>8} {'expected':>9} {'images':>10} {'expected':>10}")
-    for r in rows:
-        expected_images = "-" if r["expected_images"] is None else f"{r['expected_images']:,}"
-        mark = "" if r["classes"] == r["expected_classes"] and r["expected_images"] in (None, r["images"]) else "  <- differs"
+    for check in checks:
+        expected_images = "-" if check.expected_images is None else f"{check.expected_images:,}"
         print(
-            f"{r['split']:<6} {r['classes']:>8} {r['expected_classes']:>9} {r['images']:>10,} {expected_images:>10}{mark}"
+            f"{check.split:<6} {check.classes:>8} {check.expected_classes:>9} {check.images:>10,} "
+            f"{expected_images:>10}{'' if check.matches else '  <- differs'}"
         )
-        if r["empty_classes"]:
-            print(f"       {len(r['empty_classes'])} classes without images, e.g. {r['empty_classes'][:3]}")
+        if check.empty_classes:
+            print(f"       {len(check.empty_classes)} classes without images, e.g. {check.empty_classes[:3]}")
     print("matches the published counts" if ok else "does not match the published counts")
     return 0 if ok else 1

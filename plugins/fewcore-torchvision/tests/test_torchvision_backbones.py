@@ -15,8 +15,7 @@ from torchvision import models
 
 import fewcore
 from fewcore.testing import check_backbone
-
-from fewcore_torchvision import ResNet18, ResNet50, TorchvisionBackbone, VGG16
+from fewcore_torchvision import VGG16, ResNet18, ResNet50, TorchvisionBackbone
 from fewcore_torchvision.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 BACKBONES = [VGG16, ResNet18, ResNet50]

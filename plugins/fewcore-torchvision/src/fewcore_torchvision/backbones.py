@@ -168,6 +168,8 @@ class TorchvisionBackbone(fewcore.Backbone):
     """
 
     architecture: ClassVar[str]
+    mean: Tensor  # [1, 3, 1, 1] buffers of IMAGENET_MEAN and IMAGENET_STD
+    std: Tensor
 
     def __init__(
         self,

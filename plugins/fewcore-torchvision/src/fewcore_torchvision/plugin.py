@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from fewcore import hookimpl
 from fewcore.hookspecs import Register
-
-from fewcore_torchvision.backbones import ResNet18, ResNet50, VGG16
+from fewcore_torchvision.backbones import VGG16, ResNet18, ResNet50
 
 
 @hookimpl
