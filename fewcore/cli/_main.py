@@ -19,11 +19,11 @@ import fewcore
 from fewcore import _extension
 from fewcore.cli import _data, _engine, _inspect
 from fewcore.config import ConfigError
-from fewcore.paths import DATA_ENV, data_location
 from fewcore.engine._build import BuildError
 from fewcore.engine._checkpoint import CheckpointError
 from fewcore.engine._rundir import RunDirError
 from fewcore.engine._train import DivergedError, ResumeError
+from fewcore.paths import DATA_ENV, data_location
 
 #: errors a user can fix, reported as one paragraph instead of a traceback
 _USER_ERRORS = (
