@@ -20,7 +20,7 @@ import fewcore
 from fewcore.cli import main
 from fewcore.engine import load_checkpoint, save_checkpoint
 from fewcore.engine._rundir import run_lock
-from tests.engine._fakes import fake_config_dict, fakes  # noqa: F401 - fixture
+from tests.engine._fakes import fakes  # noqa: F401 - a fixture, used by name
 
 FAKE_TOML = """
 [dataset]
@@ -76,22 +76,26 @@ def _train_args(config: Path, run: Path, *extra: str) -> list[str]:
 # ---------------------------------------------------------------- config and options
 
 
+@pytest.mark.usefixtures("fakes")
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
-def test_non_finite_learning_rate(fakes, fake_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str) -> None:
+def test_non_finite_learning_rate(fake_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str) -> None:
     fails(capsys, _train_args(fake_toml, tmp_path / "run", "--set", f"train.lr={value}"), "train.lr must be a finite number")
 
 
-def test_config_path_that_is_a_directory(fakes, fake_toml: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.usefixtures("fakes")
+def test_config_path_that_is_a_directory(fake_toml: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fails(capsys, ["train", str(fake_toml.parent)], f"config path {fake_toml.parent} is a directory", str(fake_toml))
 
 
-def test_config_that_is_not_utf8(fakes, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.usefixtures("fakes")
+def test_config_that_is_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "latin1.toml"
     path.write_bytes('[dataset]\nname = "caf\u00e9"\n'.encode("latin-1"))
     fails(capsys, ["train", str(path)], f"{path} is not UTF-8 text", "save the file with UTF-8 encoding")
 
 
-def test_run_dir_that_is_a_file(fakes, fake_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.usefixtures("fakes")
+def test_run_dir_that_is_a_file(fake_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     run.write_text("not a directory")
     fails(capsys, _train_args(fake_toml, run), f"the run directory {run} is a file", "--run-dir")
@@ -105,7 +109,8 @@ def test_unknown_op_implementation(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     assert "FEWCORE_OPS must be one of compiled, reference; got 'fast'" in err and "unset it" in err
 
 
-def test_debug_shows_the_traceback(fakes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("fakes")
+def test_debug_shows_the_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(fewcore.config.ConfigError, match="is a directory"):
         main(["--debug", "train", str(tmp_path)])
     monkeypatch.setenv("FEWCORE_DEBUG", "1")
@@ -116,19 +121,21 @@ def test_debug_shows_the_traceback(fakes, tmp_path: Path, monkeypatch: pytest.Mo
 # ---------------------------------------------------------------- training
 
 
-def test_loss_that_becomes_non_finite(fakes, fake_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.usefixtures("fakes")
+def test_loss_that_becomes_non_finite(fake_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = _train_args(fake_toml, tmp_path / "run", "--set", "train.lr=1e30", "--set", 'train.optimizer="sgd"',
                        "--set", "train.momentum=0.0")
     fails(capsys, args, "the training loss is", "lower train.lr or set train.grad_clip", "--overwrite")
 
 
+@pytest.mark.usefixtures("fakes")
 @pytest.mark.parametrize(
     ("override", "key", "split"),
     [('val.setting="20-way 1-shot"', "val.setting '20-way 1-shot'", "'val'"),
      ('eval.settings=["3-way 1-shot", "12-way 1-shot"]', "eval.settings '12-way 1-shot'", "'test'")],
 )
 def test_settings_the_data_cannot_serve_fail_before_the_first_step(
-    fakes, fake_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, key: str, split: str
+    fake_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, key: str, split: str
 ) -> None:
     run = tmp_path / "run"
     fails(capsys, _train_args(fake_toml, run, "--set", override), f"{key} does not fit the {split} split", "fewer ways")
@@ -137,7 +144,10 @@ def test_settings_the_data_cannot_serve_fail_before_the_first_step(
     assert main(_train_args(fake_toml, run)) == 0
 
 
-def test_a_second_training_in_one_run_directory_is_refused(fakes, fake_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.usefixtures("fakes")
+def test_a_second_training_in_one_run_directory_is_refused(
+    fake_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "run"
     with run_lock(run):  # as a training in another process holds it
         fails(capsys, _train_args(fake_toml, run), f"the run directory {run} is in use by another training",
@@ -152,7 +162,8 @@ def test_a_second_training_in_one_run_directory_is_refused(fakes, fake_toml: Pat
 
 
 @pytest.fixture
-def fake_run(fakes, fake_toml: Path, tmp_path: Path) -> Path:
+def fake_run(request: pytest.FixtureRequest, fake_toml: Path, tmp_path: Path) -> Path:
+    request.getfixturevalue("fakes")
     run = tmp_path / "run"
     assert main(_train_args(fake_toml, run)) == 0
     return run
@@ -249,7 +260,9 @@ def image_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return config, root / "run"
 
 
-def test_dangling_and_looping_symbolic_links_in_a_dataset(image_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_dangling_and_looping_symbolic_links_in_a_dataset(
+    image_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config, _ = image_run
     data = tmp_path / "data"
     _write_images(data, classes=2, per_class=2)
@@ -283,7 +296,8 @@ def test_omniglot_root_that_is_not_a_complete_zip(tmp_path: Path, capsys: pytest
         f'[dataset]\nname = "omniglot"\nroot = "{path.as_posix()}"\ndisk_cache = false\n'
         '[backbone]\nname = "conv4"\n[learner]\nname = "protonet"\n'
     )
-    fails(capsys, _train_args(omniglot, tmp_path / "run"), "[dataset] could not build dataset 'omniglot'", f"image source {path} is a file but not a readable zip")
+    fails(capsys, _train_args(omniglot, tmp_path / "run"),
+          "[dataset] could not build dataset 'omniglot'", f"image source {path} is a file but not a readable zip")
 
 
 def test_negative_backbone_size(image_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -298,7 +312,9 @@ def _eval(run: Path, capsys: pytest.CaptureFixture[str], *overrides: str) -> dic
     return json.loads(capsys.readouterr().out)["results"][0]
 
 
-def test_eval_applies_learner_overrides_and_refuses_the_meaningless(image_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_applies_learner_overrides_and_refuses_the_meaningless(
+    image_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     _, run = image_run
     default, cosine = _eval(run, capsys), _eval(run, capsys, 'learner.distance="cosine"')
     assert cosine["loss"] != default["loss"], "the override changed the learner, so the numbers change"
