@@ -16,7 +16,8 @@ spatially.
 Weights come only from a local file (never from the network): torchvision's own state-dict file
 for the architecture, e.g. ``resnet18-f37072fd.pth``, placed wherever the config says (a file
 holding only the trunk's tensors, under the classifier's names, does as well; the classifier's
-are not used). Without a file the network starts from torchvision's random initialisation. ``freeze`` keeps the trunk
+are not used). Without a file the trunk starts from random weights drawn as torchvision draws
+them (He initialisation); the classifier is never built in memory either way. ``freeze`` keeps the trunk
 fixed: no gradients, and its batch-norm layers always use their stored statistics.
 """
 
@@ -119,17 +120,34 @@ def _read_state_dict(weights: str | os.PathLike[str], name: str, architecture: _
     return path, state
 
 
-def _trunk_with_weights(weights: str | os.PathLike[str], name: str, architecture: _Architecture) -> nn.Sequential:
-    """The trunk, its tensors taken from the state dict in the file ``weights``.
-
-    The classifier is built on the meta device, so no memory or time goes into initialising
-    weights that the file replaces or that are dropped (VGG-16's classifier is 124M of its 138M
-    parameters). The file may hold the classifier's tensors or only the trunk's.
-    """
-    path, state = _read_state_dict(weights, name, architecture)
+def _trunk_on_meta(architecture: _Architecture) -> tuple[nn.Module, nn.Sequential]:
+    """The whole network and its trunk, built on the meta device: no memory or time goes into
+    weights that are replaced or dropped (VGG-16's classifier holds 124M of its 138M parameters)."""
     with torch.device("meta"):
         model = architecture.build()
-    trunk = architecture.trunk(model)
+    return model, architecture.trunk(model)
+
+
+def _random_trunk(architecture: _Architecture) -> nn.Sequential:
+    """The trunk with fresh weights, initialised as torchvision initialises these networks: He
+    normal (fan-out, ReLU gain) convolutions with zero biases, batch norm at the identity."""
+    _, trunk = _trunk_on_meta(architecture)
+    trunk.to_empty(device="cpu")
+    for module in trunk.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            module.reset_parameters()  # weight 1, bias 0, running mean 0 and variance 1
+    return trunk
+
+
+def _trunk_with_weights(weights: str | os.PathLike[str], name: str, architecture: _Architecture) -> nn.Sequential:
+    """The trunk, its tensors taken from the state dict in the file ``weights`` (which may hold
+    the classifier's tensors too, or only the trunk's)."""
+    path, state = _read_state_dict(weights, name, architecture)
+    model, trunk = _trunk_on_meta(architecture)
     in_trunk = {id(tensor) for tensor in trunk.state_dict(keep_vars=True).values()}
     every = model.state_dict(keep_vars=True)
     needed = {key for key, tensor in every.items() if id(tensor) in in_trunk}
@@ -185,7 +203,7 @@ class TorchvisionBackbone(fewcore.Backbone):
             raise ValueError(f"{self.name}: freeze=True needs weights=<file>; a frozen random trunk learns nothing")
         self.in_channels = 3 if item_shape is None else self._check_shape(tuple(item_shape))[0]
         if weights is None:
-            self.trunk = self._spec.trunk(self._spec.build())
+            self.trunk = _random_trunk(self._spec)
         else:
             self.trunk = _trunk_with_weights(weights, self.name, self._spec)
         self.freeze = freeze
