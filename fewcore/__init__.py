@@ -12,6 +12,7 @@ from fewcore._plugins import (
     create,
     list_components,
     registry,
+    use_registry,
 )
 from fewcore._types import Backbone, Episode, EpisodeSampler, FewShotDataset, Learner, LearnerOutput
 from fewcore.engine import load
@@ -38,4 +39,5 @@ __all__ = [
     "list_components",
     "load",
     "registry",
+    "use_registry",
 ]

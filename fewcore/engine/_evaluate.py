@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from fewcore._plugins import Registry, use_registry
 from fewcore._types import EpisodeSampler, FewShotDataset, Learner
 from fewcore.config import ComponentConfig, parse_setting
 from fewcore.engine._build import build_sampler
@@ -113,6 +114,7 @@ def evaluate(
     progress: bool = False,
     precision: str = "auto",
     channels_last: bool | str = "auto",
+    registry: Registry | None = None,
 ) -> list[EvalResult]:
     """Mean accuracy ± 95% CI of ``learner`` on ``split`` classes of ``dataset``, per setting.
 
@@ -133,6 +135,8 @@ def evaluate(
             default of ``device``, see :mod:`fewcore.engine._precision`).
         channels_last: channels-last convolutions (True/False) or ``"auto"``; the learner's
             parameters are converted in place (their values do not change).
+        registry: build the sampler from this registry instead of the installed plugins' (e.g.
+            a test's fakes; see :func:`fewcore.use_registry`).
 
     Returns:
         One :class:`EvalResult` per setting, in order.
@@ -143,7 +147,8 @@ def evaluate(
     results = []
     for text in settings:
         n_way, k_shot = parse_setting(text)
-        episode_sampler = build_sampler(sampler, dataset, split, n_way, k_shot, q_query, batch_size, seed)
+        with use_registry(registry):
+            episode_sampler = build_sampler(sampler, dataset, split, n_way, k_shot, q_query, batch_size, seed)
         desc = f"eval {n_way}-way {k_shot}-shot" if progress else None
         results.append(run_episodes(learner, episode_sampler, episodes, device, desc, compute=compute))
     return results

@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from fewcore._plugins import Registry, use_registry
 from fewcore._types import Learner
 from fewcore.config import ComponentConfig, Config, ConfigError, parse_setting
 from fewcore.engine._build import (
@@ -153,6 +154,7 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     on_step: Callable[[int, Learner], None] | None = None,
+    registry: Registry | None = None,
 ) -> TrainResult:
     """Meta-train the learner of ``config``, validating on held-out classes and keeping the best.
 
@@ -169,6 +171,8 @@ def train(
         progress: show a progress bar (episodes/s, loss, running accuracy).
         on_step: called with the step number and the learner after each step is complete
             (checkpoint included), e.g. for custom monitoring.
+        registry: build the components from this registry instead of the installed plugins'
+            (e.g. a test's fakes; see :func:`fewcore.use_registry`).
 
     Raises:
         ResumeError: the run directory already holds a run and neither ``resume`` nor
@@ -181,7 +185,8 @@ def train(
     rank, world_size, joined = _distributed(device)
     try:
         # Only rank 0 writes, so only it holds the run directory.
-        with run_lock(config.run.dir) if rank == 0 else contextlib.nullcontext():
+        lock = run_lock(config.run.dir) if rank == 0 else contextlib.nullcontext()
+        with lock, use_registry(registry):
             return _train(config, device, rank, world_size, resume, overwrite, progress, on_step)
     finally:
         if joined:

@@ -169,8 +169,8 @@ def fake_config_dict(run_dir: str, **train: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def fakes(monkeypatch: pytest.MonkeyPatch) -> Registry:
+def fakes() -> Iterator[Registry]:
     """Make ``fewcore.create`` see only the fake components for the duration of a test."""
     registry = fake_registry()
-    monkeypatch.setattr(fewcore._plugins, "_default", registry)
-    return registry
+    with fewcore.use_registry(registry):
+        yield registry

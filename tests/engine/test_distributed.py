@@ -9,7 +9,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import fewcore
 from fewcore.config import Config
 from fewcore.engine import load_checkpoint, train
 from tests.engine._fakes import fake_config_dict, fake_registry
@@ -23,7 +22,7 @@ class _Killed(Exception):
 
 
 def _worker(rank: int, root: str) -> None:
-    fewcore._plugins._default = fake_registry()
+    fakes = fake_registry()
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{root}/store", rank=rank, world_size=WORLD)
     try:
@@ -42,12 +41,12 @@ def _worker(rank: int, root: str) -> None:
         def config(name: str) -> Config:
             return Config.from_dict(fake_config_dict(f"{root}/{name}", steps=STEPS))
 
-        train(config("whole"), progress=False, on_step=keep_final("whole"))
+        train(config("whole"), progress=False, on_step=keep_final("whole"), registry=fakes)
         try:
-            train(config("cut"), progress=False, on_step=kill)
+            train(config("cut"), progress=False, on_step=kill, registry=fakes)
         except _Killed:
             pass
-        train(config("cut"), resume=True, progress=False, on_step=keep_final("cut"))
+        train(config("cut"), resume=True, progress=False, on_step=keep_final("cut"), registry=fakes)
     finally:
         dist.destroy_process_group()
 

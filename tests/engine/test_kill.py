@@ -26,13 +26,11 @@ TIMINGS = ("elapsed_s", "episodes_per_s")
 # Trains the fake run of fake_config_dict, slowed down so that the test can kill it mid-run.
 CHILD = f"""
 import sys, time
-import fewcore
 from fewcore.config import Config
 from fewcore.engine import train
 from tests.engine._fakes import fake_config_dict, fake_registry
-fewcore._plugins._default = fake_registry()
 config = Config.from_dict(fake_config_dict(sys.argv[1], steps={STEPS}, log_every={LOG_EVERY}))
-train(config, progress=False, on_step=lambda step, learner: time.sleep(0.05))
+train(config, progress=False, on_step=lambda step, learner: time.sleep(0.05), registry=fake_registry())
 """
 
 
