@@ -20,11 +20,10 @@ loss returned in training is
 
 whose value is the query loss of the adapted models (the number the engine logs) and whose
 gradient with respect to θ is ``g = θ − (1/B) Σ_i θ_i'``. Plain SGD with learning rate ε (no
-momentum) on ``g`` is exactly the update above; the paper's outer step size ε is annealed
-linearly to 0, which ``train.scheduler`` provides (``"cosine"`` or ``"linear"`` where the engine
-has it). Adam on ``g`` is the variant the paper mentions ("we can treat (θ − θ') as a gradient and
-plug it into a more sophisticated optimizer like Adam"). The query items take no part in the
-meta-update; they give the logits and loss the engine reports.
+momentum) on ``g`` is exactly the update above; the paper anneals ε linearly to 0, the configs
+use the engine's ``"cosine"`` schedule to 0 (the engine has no linear one). Adam on ``g`` is the
+variant the paper suggests (θ − θ' used as a gradient by an adaptive optimizer). The query items
+take no part in the meta-update; they give the logits and loss the engine reports.
 
 The inner loop uses the whole support set of a task at every step (the paper samples minibatches
 of it). **Batch norm** uses the statistics of the batch it normalizes, in training and evaluation
@@ -42,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -169,11 +168,13 @@ class Reptile(Learner):
     @property
     def backbone(self) -> Backbone:
         """The feature extractor (its parameters are part of the meta-learned initialization)."""
-        return self.model.backbone
+        return cast(Backbone, self.model.backbone)
 
     def _logits(self, params: Params, x: Tensor, n_way: int) -> Tensor:
         """``[n, *item_shape]`` → ``[n, n_way]`` logits of the classifier with parameters ``params``."""
-        return functional_call(self.model, (params, self._no_running_stats), (x,))[..., :n_way]
+        # None buffers are accepted (batch norm then uses batch statistics); the annotation omits it.
+        dicts = (params, self._no_running_stats)
+        return functional_call(self.model, dicts, (x,))[..., :n_way]  # type: ignore[arg-type]
 
     def adapt(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, n_way: int) -> tuple[Params, Tensor]:
         """Adapt a copy of the classifier to every task and classify its queries.
