@@ -14,8 +14,10 @@ The layout read is the official archive ``cifar-100-python.tar.gz`` unpacked::
 
     ROOT/cifar-100-python/{meta,train,test}     (or ROOT/{meta,train,test})
 
-The pickles are read with an unpickler that accepts nothing but numpy arrays and plain Python
-values, so a tampered file cannot run code.
+The CIFAR-FS class lists and the FC100 superclasses are facts of those papers' split files, read
+from the public copies distributed with torchmeta (its ``cifar100/cifar-fs`` and
+``cifar100/fc100`` assets); their sizes are the papers'. The pickles are read with an unpickler
+that accepts nothing but numpy arrays and plain Python values, so a tampered file cannot run code.
 """
 
 from __future__ import annotations
