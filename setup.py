@@ -3,7 +3,8 @@
 Environment:
     FEWCORE_CUDA: ``0`` skips the CUDA kernels, ``1`` requires them (fails without nvcc);
         unset compiles them when a CUDA toolkit is found.
-    TORCH_CUDA_ARCH_LIST: target architectures when no GPU is visible (default ``8.0;9.0``).
+    TORCH_CUDA_ARCH_LIST: target architectures when no GPU is visible (default ``8.0;9.0+PTX``:
+        the PTX lets the driver compile the kernels for GPUs newer than sm_90).
     CUDA_HOME: the toolkit root; found automatically otherwise (see ``_find_cuda_home``).
 """
 
@@ -62,8 +63,10 @@ def _cuda_arch_list() -> str:
     if os.environ.get("TORCH_CUDA_ARCH_LIST"):
         return os.environ["TORCH_CUDA_ARCH_LIST"]
     if torch.cuda.is_available():
-        return ";".join(f"{major}.{minor}" for major, minor in {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
-    return "8.0;9.0"
+        # The newest visible architecture also gets PTX, so that the build runs on a newer GPU too.
+        archs = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        return ";".join(f"{major}.{minor}" for major, minor in archs) + "+PTX"
+    return "8.0;9.0+PTX"
 
 
 def _nvidia_pip_includes() -> list[str]:

@@ -45,8 +45,36 @@ void check_attention_args(const at::Tensor& q, const at::Tensor& s, const at::Te
               "episode_attention: temperature must be finite and > 0; got ", temperature);
 }
 
+void check_backward_args(const char* op, const char* first_name, const at::Tensor& first,
+                         std::initializer_list<std::pair<const char*, const at::Tensor*>> others) {
+  for (const auto& [name, tensor] : others) {
+    TORCH_CHECK(tensor->device() == first.device(), op, ": ", name, " is on ", tensor->device(), " but ", first_name,
+                " is on ", first.device(), "; pass every tensor on one device");
+  }
+}
+
 at::ScalarType compute_dtype(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+namespace {
+// Rows below this magnitude keep ‖x‖² and x·y under 2^80 · D, far from float32's 2^128.
+constexpr double kCosineRescaleAbove = 1099511627776.0;  // 2^40
+}  // namespace
+
+at::Tensor cosine_in_range(const at::Tensor& x, at::Tensor& divisors) {
+  divisors = at::Tensor();
+  if (x.numel() == 0) return x;
+  const at::Tensor peak = at::linalg_vector_norm(x, INFINITY, {-1}, /*keepdim=*/true);
+  // Inf and NaN rows are left as they are: their cosine is NaN, as in the reference.
+  const at::Tensor large = peak.gt(kCosineRescaleAbove).logical_and_(peak.isfinite());
+  if (x.is_cpu() && !large.any().item<bool>()) return x;
+  divisors = at::where(large, at::exp2(at::floor(at::log2(peak))), at::ones({}, peak.options()));
+  return x / divisors;
+}
+
+at::Tensor cosine_gradient_of_unscaled(const at::Tensor& grad, const at::Tensor& divisors) {
+  return divisors.defined() ? grad / divisors : grad;
 }
 
 at::Tensor kernel_input(const at::Tensor& t, at::ScalarType dtype) { return t.detach().to(dtype).contiguous(); }

@@ -4,7 +4,6 @@
 // scores fit in cache (episode sizes) take a whole-task path instead (see forward_small), whose
 // forward can save the metric's values so that the backward does not compute them again.
 #include <ATen/Parallel.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -56,7 +55,7 @@ FEWCORE_CPU_INLINE T scores_with_max(const T* value, T* score, int64_t n, T inv_
 // Forward of queries [i0, i1) of one task: out rows and their log-sum-exp.
 template <class T, int64_t metric>
 FEWCORE_CPU_CLONES void forward_rows(const Task<T>& t, T inv_temperature, int64_t i0, int64_t i1,
-                                     at::Tensor out_rows, T* lse) {
+                                     at::Tensor out_rows, double* lse) {
   const int64_t rows = i1 - i0, M = t.s.size(0), C = t.v.size(1);
   out_rows.zero_();
   T* acc = out_rows.data_ptr<T>();
@@ -76,7 +75,8 @@ FEWCORE_CPU_CLONES void forward_rows(const Task<T>& t, T inv_temperature, int64_
       const T scale = online_softmax_rescale(running_max[r], block_max);
       running_sum[r] *= scale;
       for (int64_t k = 0; k < C; ++k) acc[r * C + k] *= scale;
-      for (int64_t c = 0; c < cols; ++c) row[c] -= running_max[r];
+      const T shift = softmax_shift(running_max[r]);
+      for (int64_t c = 0; c < cols; ++c) row[c] -= shift;
     }
     tile.exp_();  // ATen's vectorized exp
     for (int64_t r = 0; r < rows; ++r) {
@@ -90,7 +90,7 @@ FEWCORE_CPU_CLONES void forward_rows(const Task<T>& t, T inv_temperature, int64_
   for (int64_t r = 0; r < rows; ++r) {
     const T inv = T(1) / running_sum[r];
     for (int64_t k = 0; k < C; ++k) acc[r * C + k] *= inv;
-    lse[r] = running_max[r] + std::log(running_sum[r]);
+    lse[r] = log_sum_exp(running_max[r], running_sum[r]);
   }
 }
 
@@ -101,12 +101,6 @@ FEWCORE_CPU_CLONES void forward_rows(const Task<T>& t, T inv_temperature, int64_
 constexpr int64_t kSmallTaskEntries = int64_t{1} << 16;
 // Score entries per chunk of tasks: bounds the chunk's [tasks, N, M] buffers (4 MiB in float32).
 constexpr int64_t kChunkEntries = int64_t{1} << 20;
-
-// The batched products run in the compute dtype even when the op is called under autocast (which
-// would otherwise lower at::bmm to float16/bfloat16).
-struct NoAutocast {
-  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
-};
 
 // values = q sᵀ for a chunk of tasks, on the transposed view: BLAS takes it as a transposed
 // operand, and ATen's copy of a transposed view with short rows costs more than the product saves.
@@ -177,9 +171,9 @@ FEWCORE_CPU_CLONES void shifted_scores(const SmallTasks<T>& t, T inv_temperature
 }
 
 // Forward pass 2 on rows [begin, end) of the exponentiated shifted scores: normalized into
-// probabilities, and lse (holding the row maxima) += log Σ.
+// probabilities, and their log-sum-exp from the row maxima.
 template <class T>
-FEWCORE_CPU_CLONES void normalize_rows(T* p, T* lse, int64_t begin, int64_t end, int64_t M) {
+FEWCORE_CPU_CLONES void normalize_rows(T* p, const T* row_max, double* lse, int64_t begin, int64_t end, int64_t M) {
   for (int64_t i = begin; i < end; ++i) {
     T* row = p + i * M;
     T sum = 0;
@@ -188,12 +182,12 @@ FEWCORE_CPU_CLONES void normalize_rows(T* p, T* lse, int64_t begin, int64_t end,
     const T inv = T(1) / sum;
 #pragma omp simd
     for (int64_t j = 0; j < M; ++j) row[j] *= inv;
-    lse[i] += std::log(sum);
+    lse[i] = log_sum_exp(row_max[i], sum);
   }
 }
 
-// Forward of whole tasks (contiguous chunks q [b, N, D], s, v; out [b, N, C], lse [b, N], and
-// values [b, N, M], which gets the metric's values).
+// Forward of whole tasks (contiguous chunks q [b, N, D], s, v; out [b, N, C], lse [b, N] (double),
+// and values [b, N, M], which gets the metric's values).
 template <class T, int64_t metric>
 void forward_small(T inv_temperature, const at::Tensor& q, const at::Tensor& s, const at::Tensor& v, at::Tensor out,
                    at::Tensor lse, at::Tensor values) {
@@ -203,13 +197,15 @@ void forward_small(T inv_temperature, const at::Tensor& q, const at::Tensor& s, 
   scores_product(values, q, s);
   at::Tensor probs = at::empty_like(values);
   T* p = probs.data_ptr<T>();
-  T* row_max = lse.data_ptr<T>();
+  std::vector<T> row_max(B * N);
   const int64_t grain = cpu::grain_for(N * M * 8);
   at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
-    shifted_scores<T, metric>(tasks, inv_temperature, values.data_ptr<T>(), p, row_max, begin, end);
+    shifted_scores<T, metric>(tasks, inv_temperature, values.data_ptr<T>(), p, row_max.data(), begin, end);
   });
   probs.exp_();  // ATen's vectorized exp
-  at::parallel_for(0, B * N, grain / N + 1, [&](int64_t begin, int64_t end) { normalize_rows<T>(p, row_max, begin, end, M); });
+  at::parallel_for(0, B * N, grain / N + 1, [&](int64_t begin, int64_t end) {
+    normalize_rows<T>(p, row_max.data(), lse.data_ptr<double>(), begin, end, M);
+  });
   at::bmm_out(out, probs, v);
 }
 
@@ -230,7 +226,7 @@ struct SmallBackward {
 // saved them there), the probabilities' exponents and δ.
 template <class T, int64_t metric>
 FEWCORE_CPU_CLONES void backward_exponents(const SmallTasks<T>& t, const SmallBackward<T>& w, bool values_saved,
-                                           T inv_temperature, const T* lse, const T* dout, const T* out, int64_t C,
+                                           T inv_temperature, const double* lse, const T* dout, const T* out, int64_t C,
                                            int64_t b0, int64_t b1) {
   const int64_t N = t.N, M = t.M;
   for (int64_t b = b0; b < b1; ++b) {
@@ -238,9 +234,9 @@ FEWCORE_CPU_CLONES void backward_exponents(const SmallTasks<T>& t, const SmallBa
     for (int64_t i = b * N; i < (b + 1) * N; ++i) {
       const T* val = w.val + i * M;  // in locals, as in softmax_backward
       T* prob = w.prob + i * M;
-      const T shift = lse[i];
+      const double row_lse = lse[i];
 #pragma omp simd
-      for (int64_t j = 0; j < M; ++j) prob[j] = attention_score(metric, val[j], inv_temperature) - shift;
+      for (int64_t j = 0; j < M; ++j) prob[j] = log_probability(attention_score(metric, val[j], inv_temperature), row_lse);
       w.delta[i] = cpu::dot(dout + i * C, out + i * C, C);
     }
   }
@@ -248,18 +244,22 @@ FEWCORE_CPU_CLONES void backward_exponents(const SmallTasks<T>& t, const SmallBa
 
 // Backward pass 2 on tasks [b0, b1): softmax backward dS = P (dP − δ), onto the metric's
 // coefficients G (in place of dP) and the row and column sums of the weights W (math.h); then
-// the a_i q_i and b_j s_j terms written into dq and ds (the products are added after).
+// the a_i q_i and b_j s_j terms written into dq and ds (the products are added after), and the
+// terms of the pairs that need their differences (math.h: gradient_needs_differences).
 template <class T, int64_t metric>
 FEWCORE_CPU_CLONES void softmax_backward(const SmallTasks<T>& t, const SmallBackward<T>& w, T inv_temperature, T* dq,
                                          T* ds, int64_t b0, int64_t b1) {
   const int64_t N = t.N, M = t.M, D = t.D;
   // Gradient on the metric's value from a gradient on the score: scores are ±value / T.
   const T value_sign = is_distance(metric) ? -inv_temperature : inv_temperature;
-  const T* nq = metric == kCosine ? t.nq : nullptr;
-  const T* ns = metric == kCosine ? t.ns : nullptr;
+  // The rows' metric_norms: cosine's coefficients, and which distance pairs need differences.
+  const T* nq = metric == kDot ? nullptr : t.nq;
+  const T* ns = metric == kDot ? nullptr : t.ns;
+  std::vector<cpu::DifferencePair<T>> pairs;
   for (int64_t b = b0; b < b1; ++b) {
     T* col = w.col_sum + b * M;
     const T* ns_b = ns ? ns + b * M : nullptr;
+    pairs.clear();
     for (int64_t i = b * N; i < (b + 1) * N; ++i) {
       // Row pointers in locals: through `w` the compiler must assume each store may change them,
       // and the loop would not vectorize.
@@ -269,20 +269,25 @@ FEWCORE_CPU_CLONES void softmax_backward(const SmallTasks<T>& t, const SmallBack
       const T n_row = nq ? nq[i] : T(1);
       const T delta = w.delta[i];
       T sum = 0;
-#pragma omp simd reduction(+ : sum)
+      int64_t near = 0;
+#pragma omp simd reduction(+ : sum, near)
       for (int64_t j = 0; j < M; ++j) {
         const T g = prob[j] * (coeff[j] - delta) * value_sign;
         const T n_col = ns_b ? ns_b[j] : T(1);
         coeff[j] = matrix_coefficient(metric, g, val[j], n_row, n_col);
-        const T weight = reduction_weight(metric, g, val[j], n_row, n_col);
+        const bool differences = gradient_needs_differences(metric, val[j], n_row, n_col);
+        const T weight = differences ? T(0) : reduction_weight(metric, g, val[j], n_row, n_col);
+        near += differences ? 1 : 0;
         sum += weight;
         col[j] += weight;
       }
       w.row_sum[i] = sum;
+      if (near > 0) cpu::take_difference_pairs(metric, i - b * N, 0, coeff, val, n_row, ns_b, M, pairs);
     }
     cpu::scaled_rows<false>(metric, dq + b * N * D, t.q + b * N * D, w.row_sum + b * N, nq ? nq + b * N : nullptr, 0, N,
                             D);
     cpu::scaled_rows<false>(metric, ds + b * M * D, t.s + b * M * D, col, ns_b, 0, M, D);
+    cpu::add_difference_terms(pairs, t.q + b * N * D, t.s + b * M * D, dq + b * N * D, ds + b * M * D, D);
   }
 }
 
@@ -294,9 +299,9 @@ void backward_small(T inv_temperature, const at::Tensor& dout, const at::Tensor&
                     at::Tensor dq, at::Tensor ds, at::Tensor dv) {
   const int64_t B = q.size(0), N = q.size(1), M = s.size(1);
   const bool values_saved = saved.defined();
-  // Norms for the values (when recomputed) and for cosine's coefficients.
-  const int64_t norms_for = values_saved && metric != kCosine ? int64_t{kDot} : metric;
-  const at::Tensor nq = cpu::metric_norms(q, norms_for), ns = cpu::metric_norms(s, norms_for);
+  // Norms for the values (when recomputed), cosine's coefficients and the distances' pairs that
+  // need their differences.
+  const at::Tensor nq = cpu::metric_norms(q, metric), ns = cpu::metric_norms(s, metric);
   const SmallTasks<T> tasks{q.data_ptr<T>(), s.data_ptr<T>(), data_or_null<T>(nq), data_or_null<T>(ns), N, M, q.size(2)};
   at::Tensor values = saved;
   if (!values_saved) {
@@ -310,7 +315,7 @@ void backward_small(T inv_temperature, const at::Tensor& dout, const at::Tensor&
                               delta.data(),         row_sum.data(),      col_sum.data()};
   const int64_t grain = cpu::grain_for(N * M * 8);
   at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
-    backward_exponents<T, metric>(tasks, work, values_saved, inv_temperature, lse.data_ptr<T>(), dout.data_ptr<T>(),
+    backward_exponents<T, metric>(tasks, work, values_saved, inv_temperature, lse.data_ptr<double>(), dout.data_ptr<T>(),
                                   out.data_ptr<T>(), v.size(2), begin, end);
   });
   probs.exp_();
@@ -327,18 +332,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_cpu(const at::T
                                                                      const at::Tensor& v_in, int64_t metric,
                                                                      double temperature, bool save_values) {
   check_attention_args(q_in, s_in, v_in, metric, temperature);
+  const NoAutocast no_autocast;
   const auto dtype = compute_dtype(q_in);
-  const at::Tensor q = kernel_input(q_in, dtype);
-  const at::Tensor s = kernel_input(s_in, dtype);
+  at::Tensor q = kernel_input(q_in, dtype);
+  at::Tensor s = kernel_input(s_in, dtype);
   const at::Tensor v = kernel_input(v_in, dtype);
+  if (metric == kCosine) {
+    at::Tensor unused;
+    q = cosine_in_range(q, unused);
+    s = cosine_in_range(s, unused);
+  }
   const int64_t B = q.size(0), N = q.size(1);
   at::Tensor out = at::empty({B, N, v.size(2)}, q.options());
-  at::Tensor lse = at::empty({B, N}, q.options());
+  at::Tensor lse = at::empty({B, N}, q.options().dtype(at::kDouble));
   const int64_t M = s.size(1);
   // Saved values come from the small-task path, whatever the size (the caller asked for them).
   const at::Tensor values = save_values ? at::empty({B, N, M}, q.options()) : at::empty({B, 0, 0}, q.options());
   if (save_values || N * M <= kSmallTaskEntries) {
-    const NoAutocast no_autocast;
     AT_DISPATCH_FLOATING_TYPES(dtype, "episode_attention_cpu", [&] {
       with_metric(metric, [&](auto constant) {
         for_each_chunk(B, N * M, [&](int64_t b0, int64_t b1) {
@@ -364,7 +374,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_cpu(const at::T
           forward_rows<scalar_t, decltype(constant)::value>(task<scalar_t>(q, s, v, nq, ns, metric, b),
                                                             scalar_t(1.0 / temperature), i0, i1,
                                                             out[b].slice(0, i0, i1),
-                                                            lse.data_ptr<scalar_t>() + b * N + i0);
+                                                            lse.data_ptr<double>() + b * N + i0);
         }
       });
     });
@@ -378,7 +388,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_cpu(const at::T
 // (math.h: a_i, b_j) are finished inside the call and no two threads write the same rows.
 template <class T>
 FEWCORE_CPU_CLONES void backward_range(const Task<T>& t, int64_t metric, T inv_temperature, const at::Tensor& dout,
-                                       const T* lse, const T* delta, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
+                                       const double* lse, const T* delta, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
                                        bool rows_complete, bool cols_complete, at::Tensor& dq, at::Tensor& ds,
                                        at::Tensor& dv) {
   // Tile buffers no larger than the range: episode tasks are far smaller than a tile, and
@@ -387,6 +397,7 @@ FEWCORE_CPU_CLONES void backward_range(const Task<T>& t, int64_t metric, T inv_t
   at::Tensor buffers = at::empty({3, std::min(i1 - i0, kRowBlock), ld}, t.q.options());
   at::Tensor values = buffers[0], probs = buffers[1], coeffs = buffers[2];
   std::vector<T> row_sum(i1 - i0, T(0)), col_sum(j1 - j0, T(0));
+  std::vector<cpu::DifferencePair<T>> pairs;
   // Gradient on the metric's value from a gradient on the score: scores are ±value / T.
   const T value_sign = is_distance(metric) ? -inv_temperature : inv_temperature;
   for (int64_t r0 = i0; r0 < i1; r0 += kRowBlock) {
@@ -406,22 +417,30 @@ FEWCORE_CPU_CLONES void backward_range(const Task<T>& t, int64_t metric, T inv_t
       T* coeff = coeff_tile.data_ptr<T>();
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t c = 0; c < cols; ++c)
-          prob[r * ld + c] = attention_score(metric, val[r * ld + c], inv_temperature) - lse[r0 + r];
+          prob[r * ld + c] = log_probability(attention_score(metric, val[r * ld + c], inv_temperature), lse[r0 + r]);
       prob_tile.exp_();
       cpu::matmul_nt<T>(dout_rows, v_cols, coeff_tile);  // dP = dO vᵀ
+      pairs.clear();
       for (int64_t r = 0; r < rows; ++r) {
         const T n_row = nq ? nq[r] : T(1);
+        int64_t near = 0;
         for (int64_t c = 0; c < cols; ++c) {
           const int64_t e = r * ld + c;
           // softmax backward: dS = P (dP − Σ_c dO·O), then onto the metric's value.
           const T g = prob[e] * (coeff[e] - delta[r0 + r]) * value_sign;
           const T n_col = ns ? ns[c] : T(1);
           coeff[e] = matrix_coefficient(metric, g, val[e], n_row, n_col);
-          const T w = reduction_weight(metric, g, val[e], n_row, n_col);
+          const bool differences = gradient_needs_differences(metric, val[e], n_row, n_col);
+          const T w = differences ? T(0) : reduction_weight(metric, g, val[e], n_row, n_col);
+          near += differences ? 1 : 0;
           row_sum[r0 - i0 + r] += w;
           col_sum[c0 - j0 + c] += w;
         }
+        if (near > 0) cpu::take_difference_pairs(metric, r0 + r, c0, coeff + r * ld, val + r * ld, n_row, ns, cols, pairs);
       }
+      cpu::add_difference_terms(pairs, t.q.template data_ptr<T>(), t.s.template data_ptr<T>(),
+                                rows_complete ? dq.data_ptr<T>() : nullptr, cols_complete ? ds.data_ptr<T>() : nullptr,
+                                t.q.size(1));
       if (rows_complete) {
         at::Tensor dq_rows = dq.slice(0, r0, r1);
         cpu::addmm_nn<T>(dq_rows, coeff_tile, s_cols);
@@ -446,12 +465,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_backward_cpu(
     const at::Tensor& out_in, const at::Tensor& lse_in, const at::Tensor& values_in, int64_t metric,
     double temperature) {
   check_attention_args(q_in, s_in, v_in, metric, temperature);
+  check_backward_args("_episode_attention_backward", "q", q_in, {{"grad_out", &dout_in}, {"out", &out_in}, {"lse", &lse_in},
+                                                            {"values", &values_in}});
+  const NoAutocast no_autocast;
   const auto dtype = compute_dtype(q_in);
-  const at::Tensor q = kernel_input(q_in, dtype);
-  const at::Tensor s = kernel_input(s_in, dtype);
+  at::Tensor q = kernel_input(q_in, dtype);
+  at::Tensor s = kernel_input(s_in, dtype);
   const at::Tensor v = kernel_input(v_in, dtype);
+  at::Tensor q_divisors, s_divisors;  // cosine's rescaled rows (ops.h)
+  if (metric == kCosine) {
+    q = cosine_in_range(q, q_divisors);
+    s = cosine_in_range(s, s_divisors);
+  }
+  const auto result = [&](const at::Tensor& dq, const at::Tensor& ds, const at::Tensor& dv) {
+    return std::make_tuple(cosine_gradient_of_unscaled(dq, q_divisors).to(q_in.scalar_type()),
+                           cosine_gradient_of_unscaled(ds, s_divisors).to(s_in.scalar_type()),
+                           dv.to(v_in.scalar_type()));
+  };
   const at::Tensor dout = kernel_input(dout_in, dtype);
-  const at::Tensor lse = kernel_input(lse_in, dtype);
+  const at::Tensor lse = kernel_input(lse_in, at::kDouble);
   const int64_t B = q.size(0), N = q.size(1), M = s.size(1);
   TORCH_CHECK(dout.sizes() == out_in.sizes() && dout.size(0) == B && dout.size(1) == N && dout.size(2) == v.size(2),
               "_episode_attention_backward: grad_out and out must be [B, N, C] = ",
@@ -467,7 +499,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_backward_cpu(
     const at::Tensor out = kernel_input(out_in, dtype);
     const at::Tensor values = values_saved ? kernel_input(values_in, dtype) : at::Tensor();
     at::Tensor dq = at::empty_like(q), ds = at::empty_like(s), dv = at::empty_like(v);
-    const NoAutocast no_autocast;
     AT_DISPATCH_FLOATING_TYPES(dtype, "episode_attention_backward_cpu", [&] {
       with_metric(metric, [&](auto constant) {
         for_each_chunk(B, N * M, [&](int64_t b0, int64_t b1) {
@@ -479,7 +510,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_backward_cpu(
         });
       });
     });
-    return {dq.to(q_in.scalar_type()), ds.to(s_in.scalar_type()), dv.to(v_in.scalar_type())};
+    return result(dq, ds, dv);
   }
   // Σ_c dO·O per query: the softmax backward's row term.
   const at::Tensor delta = (dout * kernel_input(out_in, dtype)).sum(-1).contiguous();
@@ -494,7 +525,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_backward_cpu(
     auto run = [&](int64_t b, int64_t i0, int64_t i1, int64_t j0, int64_t j1, bool rows_complete, bool cols_complete) {
       at::Tensor dq_b = dq[b], ds_b = ds[b], dv_b = dv[b];
       backward_range<scalar_t>(task<scalar_t>(q, s, v, nq, ns, metric, b), metric, inv_t, dout[b],
-                               lse.data_ptr<scalar_t>() + b * N, delta.data_ptr<scalar_t>() + b * N, i0, i1, j0, j1,
+                               lse.data_ptr<double>() + b * N, delta.data_ptr<scalar_t>() + b * N, i0, i1, j0, j1,
                                rows_complete, cols_complete, dq_b, ds_b, dv_b);
     };
     // multiply-adds per query × support pair: scores, dP, and the three gradient products
@@ -521,7 +552,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_backward_cpu(
       }
     });
   });
-  return {dq.to(q_in.scalar_type()), ds.to(s_in.scalar_type()), dv.to(v_in.scalar_type())};
+  return result(dq, ds, dv);
 }
 
 }  // namespace

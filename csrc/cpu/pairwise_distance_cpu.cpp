@@ -38,9 +38,15 @@ FEWCORE_CPU_CLONES void finish_rows(int64_t metric, T* out, const T* x, const T*
 
 at::Tensor pairwise_distance_cpu(const at::Tensor& x_in, const at::Tensor& y_in, int64_t metric) {
   check_pairwise_args(x_in, y_in, metric);
+  const NoAutocast no_autocast;
   const auto dtype = compute_dtype(x_in);
-  const at::Tensor x = kernel_input(x_in, dtype);
-  const at::Tensor y = kernel_input(y_in, dtype);
+  at::Tensor x = kernel_input(x_in, dtype);
+  at::Tensor y = kernel_input(y_in, dtype);
+  if (metric == kCosine) {
+    at::Tensor unused;
+    x = cosine_in_range(x, unused);
+    y = cosine_in_range(y, unused);
+  }
   const int64_t B = x.size(0), N = x.size(1), M = y.size(1), D = x.size(2);
   at::Tensor out = at::empty({B, N, M}, x.options());
   if (out.numel() == 0) return out.to(x_in.scalar_type());
@@ -59,40 +65,45 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x_in, const at::Tensor& y_in,
   return out.to(x_in.scalar_type());
 }
 
-// The rows' cosine norms from `offset` on; null for the other metrics, whose backward needs none.
-template <class T>
-const T* cosine_norms(const at::Tensor& norms, int64_t metric, int64_t offset) {
-  return metric == kCosine ? norms.data_ptr<T>() + offset : nullptr;
-}
-
 // One row of the small backward's coefficients: G_ij for the M columns, W_ij added to the column
-// sums c, and Σ_j W_ij returned. The metric is a template argument: with a run-time metric GCC
-// kept math.h's switch inside the loop and the loop scalar (`perf annotate`: vdivss, vaddss).
+// sums c, and Σ_j W_ij returned; `near` counts the pairs that need their differences (math.h),
+// whose weights are left out. n_row and ny are the rows' metric_norms (squared norms for the
+// distances, cosine norms for cosine; unused for dot). The metric is a template argument: with a
+// run-time metric GCC kept math.h's switch inside the loop and the loop scalar (`perf annotate`:
+// vdivss, vaddss).
 template <int64_t kMetric, class T>
-FEWCORE_CPU_INLINE T coefficient_row(const T* g, const T* o, T n_row, const T* ny, T* G_row, T* c, int64_t M) {
+FEWCORE_CPU_INLINE T coefficient_row(const T* g, const T* o, T n_row, const T* ny, T* G_row, T* c, int64_t M,
+                                     int64_t& near) {
   T sum = 0;
-#pragma omp simd reduction(+ : sum)
+  int64_t count = 0;
+#pragma omp simd reduction(+ : sum, count)
   for (int64_t j = 0; j < M; ++j) {
-    const T n_col = kMetric == kCosine ? ny[j] : T(1);
+    const T n_col = kMetric == kDot ? T(1) : ny[j];
     G_row[j] = matrix_coefficient(kMetric, g[j], o[j], n_row, n_col);
-    const T w = reduction_weight(kMetric, g[j], o[j], n_row, n_col);
+    const bool differences = gradient_needs_differences(kMetric, o[j], n_row, n_col);
+    const T w = differences ? T(0) : reduction_weight(kMetric, g[j], o[j], n_row, n_col);
+    count += differences ? 1 : 0;
     sum += w;
     c[j] += w;
   }
+  near = count;
   return sum;
 }
 
 // Tasks [b0, b1) of the small backward: G (math.h) and the row and column sums of the weights W
 // (a, c; c starts at zero), then the a_i x_i and b_j y_j terms written into gx and gy (the
-// products are added after). nx and ny are the rows' cosine norms (null for the distances).
+// products are added after), and the terms of the pairs that need their differences. nx and ny
+// are the rows' metric_norms (null for dot).
 template <class T>
 FEWCORE_CPU_CLONES void task_coefficients(int64_t metric, const T* grad, const T* out, const T* x, const T* y,
                                           const T* nx, const T* ny, T* G, T* a, T* c, T* gx, T* gy, int64_t b0,
                                           int64_t b1, int64_t N, int64_t M, int64_t D) {
+  std::vector<cpu::DifferencePair<T>> pairs;
   for (int64_t b = b0; b < b1; ++b) {
     const T* nx_b = nx ? nx + b * N : nullptr;
     const T* ny_b = ny ? ny + b * M : nullptr;
     T* c_b = c + b * M;
+    pairs.clear();
     for (int64_t i = 0; i < N; ++i) {
       const int64_t row = (b * N + i) * M;
       const T* g = grad + row;
@@ -100,16 +111,21 @@ FEWCORE_CPU_CLONES void task_coefficients(int64_t metric, const T* grad, const T
       T* G_row = G + row;
       const T n_row = nx_b ? nx_b[i] : T(1);
       T sum;
+      int64_t near = 0;
       switch (metric) {
-        case kSqEuclidean: sum = coefficient_row<kSqEuclidean>(g, o, n_row, ny_b, G_row, c_b, M); break;
-        case kEuclidean: sum = coefficient_row<kEuclidean>(g, o, n_row, ny_b, G_row, c_b, M); break;
-        case kCosine: sum = coefficient_row<kCosine>(g, o, n_row, ny_b, G_row, c_b, M); break;
-        default: sum = coefficient_row<kDot>(g, o, n_row, ny_b, G_row, c_b, M);
+        case kSqEuclidean: sum = coefficient_row<kSqEuclidean>(g, o, n_row, ny_b, G_row, c_b, M, near); break;
+        case kEuclidean: sum = coefficient_row<kEuclidean>(g, o, n_row, ny_b, G_row, c_b, M, near); break;
+        case kCosine: sum = coefficient_row<kCosine>(g, o, n_row, ny_b, G_row, c_b, M, near); break;
+        default: sum = coefficient_row<kDot>(g, o, n_row, ny_b, G_row, c_b, M, near);
       }
       a[b * N + i] = sum;
+      if (near > 0) cpu::take_difference_pairs(metric, i, 0, G_row, o, n_row, ny_b, M, pairs);
     }
-    cpu::scaled_rows<false>(metric, gx + b * N * D, x + b * N * D, a + b * N, nx_b, 0, N, D);
-    cpu::scaled_rows<false>(metric, gy + b * M * D, y + b * M * D, c_b, ny_b, 0, M, D);
+    T* gx_b = gx + b * N * D;
+    T* gy_b = gy + b * M * D;
+    cpu::scaled_rows<false>(metric, gx_b, x + b * N * D, a + b * N, nx_b, 0, N, D);
+    cpu::scaled_rows<false>(metric, gy_b, y + b * M * D, c_b, ny_b, 0, M, D);
+    cpu::add_difference_terms(pairs, x + b * N * D, y + b * M * D, gx_b, gy_b, D);
   }
 }
 
@@ -120,9 +136,20 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
                                                                    const at::Tensor& y_in, const at::Tensor& out_in,
                                                                    int64_t metric) {
   check_pairwise_args(x_in, y_in, metric);
+  check_backward_args("_pairwise_distance_backward", "x", x_in, {{"grad", &grad_in}, {"out", &out_in}});
+  const NoAutocast no_autocast;
   const auto dtype = compute_dtype(x_in);
-  const at::Tensor x = kernel_input(x_in, dtype);
-  const at::Tensor y = kernel_input(y_in, dtype);
+  at::Tensor x = kernel_input(x_in, dtype);
+  at::Tensor y = kernel_input(y_in, dtype);
+  at::Tensor x_divisors, y_divisors;  // cosine's rescaled rows (ops.h)
+  if (metric == kCosine) {
+    x = cosine_in_range(x, x_divisors);
+    y = cosine_in_range(y, y_divisors);
+  }
+  const auto result = [&](const at::Tensor& gx, const at::Tensor& gy) -> std::tuple<at::Tensor, at::Tensor> {
+    return {cosine_gradient_of_unscaled(gx, x_divisors).to(x_in.scalar_type()),
+            cosine_gradient_of_unscaled(gy, y_divisors).to(y_in.scalar_type())};
+  };
   const at::Tensor grad = kernel_input(grad_in, dtype);
   const at::Tensor out = kernel_input(out_in, dtype);
   const int64_t B = x.size(0), N = x.size(1), M = y.size(1), D = x.size(2);
@@ -131,15 +158,16 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
               grad.sizes(), " and ", out.sizes());
   if (grad.numel() == 0)
     return {at::zeros_like(x_in, at::MemoryFormat::Contiguous), at::zeros_like(y_in, at::MemoryFormat::Contiguous)};
-  const bool dot = metric == kDot, cosine = metric == kCosine;
-  // Only cosine's coefficients involve the norms; the distances' come from `out` alone.
-  const at::Tensor nx = cpu::metric_norms(x, cosine ? metric : kDot), ny = cpu::metric_norms(y, cosine ? metric : kDot);
+  const bool dot = metric == kDot;
+  // Cosine's coefficients involve the norms; the distances' squared norms tell which pairs need
+  // their differences.
+  const at::Tensor nx = cpu::metric_norms(x, metric), ny = cpu::metric_norms(y, metric);
   at::Tensor G = dot ? grad : at::empty_like(grad);
   if (N * M <= cpu::kBatchedProductEntries) {
     // Small tasks: coefficients task by task, then the products as batched BLAS calls, each
     // accumulating onto a_i x_i (or b_j y_j) written straight into the gradient (a broadcasting
     // at::mul for those terms cost more than the rest of the backward).
-    if (dot) return {at::bmm(grad, y).to(x_in.scalar_type()), at::bmm(grad.transpose(1, 2), x).to(y_in.scalar_type())};
+    if (dot) return result(at::bmm(grad, y), at::bmm(grad.transpose(1, 2), x));
     at::Tensor a = at::empty({B, N}, x.options()), c = at::zeros({B, M}, x.options());
     at::Tensor gx = at::empty_like(x), gy = at::empty_like(y);
     AT_DISPATCH_FLOATING_TYPES(dtype, "pairwise_distance_backward_cpu", [&] {
@@ -147,13 +175,13 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
       // Per task: the coefficients, then the a_i x_i and b_j y_j rows.
       at::parallel_for(0, B, cpu::grain_for(N * M * 4 + (N + M) * D), [&](int64_t begin, int64_t end) {
         task_coefficients<T>(metric, grad.data_ptr<T>(), out.data_ptr<T>(), x.data_ptr<T>(), y.data_ptr<T>(),
-                             cosine_norms<T>(nx, metric, 0), cosine_norms<T>(ny, metric, 0), G.data_ptr<T>(),
+                             nx.data_ptr<T>(), ny.data_ptr<T>(), G.data_ptr<T>(),
                              a.data_ptr<T>(), c.data_ptr<T>(), gx.data_ptr<T>(), gy.data_ptr<T>(), begin, end, N, M, D);
       });
     });
     gx.baddbmm_(G, y);
     gy.baddbmm_(G.transpose(1, 2), x);
-    return {gx.to(x_in.scalar_type()), gy.to(y_in.scalar_type())};
+    return result(gx, gy);
   }
   // The tiles below accumulate into the gradients.
   at::Tensor gx = at::zeros_like(x), gy = at::zeros_like(y);
@@ -170,24 +198,32 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
         if (!dot) {
           const T* g = grad.data_ptr<T>();
           const T* o = out.data_ptr<T>();
-          const T* nxp = cosine_norms<T>(nx, metric, 0);
-          const T* nyp = cosine_norms<T>(ny, metric, b * M);
+          const T* nxp = nx.data_ptr<T>();
+          const T* nyp = ny.data_ptr<T>() + b * M;
           T* Gp = G.data_ptr<T>();
           T* Wp = W.data_ptr<T>();
           std::vector<T> sums(i1 - i0, T(0));
+          std::vector<cpu::DifferencePair<T>> pairs;
           for (int64_t i = i0; i < i1; ++i) {
             const int64_t row = b * N + i;
-            const T n_row = cosine ? nxp[row] : T(1);
+            const T n_row = nxp[row];
+            int64_t near = 0;
             for (int64_t j = 0; j < M; ++j) {
               const int64_t e = row * M + j;
-              const T n_col = cosine ? nyp[j] : T(1);
+              const T n_col = nyp[j];
               Gp[e] = matrix_coefficient(metric, g[e], o[e], n_row, n_col);
-              Wp[e] = reduction_weight(metric, g[e], o[e], n_row, n_col);
+              const bool differences = gradient_needs_differences(metric, o[e], n_row, n_col);
+              Wp[e] = differences ? T(0) : reduction_weight(metric, g[e], o[e], n_row, n_col);
+              near += differences ? 1 : 0;
               sums[i - i0] += Wp[e];
             }
+            if (near > 0) cpu::take_difference_pairs(metric, i, 0, Gp + row * M, o + row * M, n_row, nyp, M, pairs);
           }
           cpu::scaled_rows<true>(metric, gx.data_ptr<T>() + b * N * D, x.data_ptr<T>() + b * N * D, sums.data(),
-                                 cosine_norms<T>(nx, metric, b * N), i0, i1, D);
+                                 nxp + b * N, i0, i1, D);
+          // The pairs' gy terms are added by the column pass, which finds the same pairs.
+          cpu::add_difference_terms<T>(pairs, x.data_ptr<T>() + b * N * D, y.data_ptr<T>() + b * M * D,
+                                       gx.data_ptr<T>() + b * N * D, nullptr, D);
         }
         cpu::addmm_nn<T>(gx_rows, G[b].slice(0, i0, i1), y[b]);
       }
@@ -201,16 +237,29 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
         if (!dot) {
           std::vector<T> sums(j1 - j0, T(0));
           const T* Wp = W.data_ptr<T>() + b * N * M;
-          for (int64_t i = 0; i < N; ++i)
-            for (int64_t j = j0; j < j1; ++j) sums[j - j0] += Wp[i * M + j];
+          const T* g = grad.data_ptr<T>() + b * N * M;
+          const T* o = out.data_ptr<T>() + b * N * M;
+          const T* nxp = nx.data_ptr<T>() + b * N;
+          const T* nyp = ny.data_ptr<T>() + b * M;
+          std::vector<cpu::DifferencePair<T>> pairs;
+          for (int64_t i = 0; i < N; ++i) {
+            for (int64_t j = j0; j < j1; ++j) {
+              sums[j - j0] += Wp[i * M + j];
+              // The row pass zeroed these pairs' G and W; their coefficient is recomputed.
+              if (gradient_needs_differences(metric, o[i * M + j], nxp[i], nyp[j]))
+                pairs.push_back({i, j, matrix_coefficient(metric, g[i * M + j], o[i * M + j], nxp[i], nyp[j])});
+            }
+          }
           cpu::scaled_rows<true>(metric, gy.data_ptr<T>() + b * M * D, y.data_ptr<T>() + b * M * D, sums.data(),
-                                 cosine_norms<T>(ny, metric, b * M), j0, j1, D);
+                                 nyp, j0, j1, D);
+          cpu::add_difference_terms<T>(pairs, x.data_ptr<T>() + b * N * D, y.data_ptr<T>() + b * M * D, nullptr,
+                                       gy.data_ptr<T>() + b * M * D, D);
         }
         cpu::addmm_tn<T>(gy_rows, G[b].slice(1, j0, j1), x[b]);
       }
     });
   });
-  return {gx.to(x_in.scalar_type()), gy.to(y_in.scalar_type())};
+  return result(gx, gy);
 }
 
 }  // namespace

@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <fewcore/math.h>
 
+#include <vector>
+
 // The kernels' element loops are compiled for several instruction sets and picked at load time:
 // the x86-64 baseline's four-float vectors would halve or quarter their speed. The clones are
 // chosen by instruction-set feature, not by CPU model ("arch=..."): GCC matches an arch= clone
@@ -145,6 +147,48 @@ FEWCORE_CPU_INLINE void scaled_rows(int64_t metric, T* dst, const T* src, const 
     const T* in = src + i * d;
 #pragma omp simd
     for (int64_t k = 0; k < d; ++k) out[k] = accumulate ? out[k] + factor * in[k] : factor * in[k];
+  }
+}
+
+// A pair (row i of x, row j of y) of a distance metric whose gradient term is added from the
+// difference of the rows instead of through the expanded form's products (math.h:
+// gradient_needs_differences), with its coefficient G_ij.
+template <class T>
+struct DifferencePair {
+  int64_t i, j;
+  T coeff;
+};
+
+// Moves row i's pairs that need their differences out of the coefficients G_row (columns j0 + j
+// for j < M, the metric's values in `value`; sqx, sqy the squared norms) into `pairs`. Their
+// weights W_ij must have been left out of the row and column sums already.
+template <class T>
+void take_difference_pairs(int64_t metric, int64_t i, int64_t j0, T* G_row, const T* value, T sqx, const T* sqy,
+                           int64_t M, std::vector<DifferencePair<T>>& pairs) {
+  for (int64_t j = 0; j < M; ++j) {
+    if (gradient_needs_differences(metric, value[j], sqx, sqy[j])) {
+      pairs.push_back({i, j0 + j, G_row[j]});
+      G_row[j] = T(0);
+    }
+  }
+}
+
+// Adds each pair's term to the gradients: G_ij (y_j − x_i) to gx_i and G_ij (x_i − y_j) to gy_j
+// (skipped where gx or gy is null). x, y, gx, gy are a task's rows of d features.
+template <class T>
+void add_difference_terms(const std::vector<DifferencePair<T>>& pairs, const T* x, const T* y, T* gx, T* gy,
+                          int64_t d) {
+  for (const DifferencePair<T>& pair : pairs) {
+    const T* xi = x + pair.i * d;
+    const T* yj = y + pair.j * d;
+    if (gx) {
+      T* g = gx + pair.i * d;
+      for (int64_t k = 0; k < d; ++k) g[k] += pair.coeff * (yj[k] - xi[k]);
+    }
+    if (gy) {
+      T* g = gy + pair.j * d;
+      for (int64_t k = 0; k < d; ++k) g[k] += pair.coeff * (xi[k] - yj[k]);
+    }
   }
 }
 

@@ -10,6 +10,8 @@
 namespace fewcore::cuda {
 
 constexpr int kWarp = 32;
+// warp_sum's full-mask shuffles and the kernels' warp arithmetic assume 32 lanes.
+static_assert(kWarp == 32, "CUDA warps have 32 lanes");
 
 __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

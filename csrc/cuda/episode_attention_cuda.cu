@@ -17,11 +17,15 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / cuda::kWarp;
 constexpr int kChunk = 32;  // support (or query) rows scored per step
+// Each warp scores whole rows (warp_metric's shuffles need every lane), and the forward's
+// `threadIdx.x < count` writes one weight per row of a chunk with a single pass of the block.
+static_assert(kThreads % cuda::kWarp == 0, "a block must be whole warps");
+static_assert(kChunk <= kThreads, "one thread per chunk row writes the chunk's weights");
 
 template <class T>
 __global__ void attention_forward_kernel(const T* __restrict__ q, const T* __restrict__ s, const T* __restrict__ v,
                                          const T* __restrict__ nq, const T* __restrict__ ns, T* __restrict__ out,
-                                         T* __restrict__ lse, int64_t N, int64_t M, int64_t D, int64_t C,
+                                         double* __restrict__ lse, int64_t N, int64_t M, int64_t D, int64_t C,
                                          int64_t metric, T inv_temperature) {
   __shared__ T score[kChunk];
   __shared__ T weight[kChunk];
@@ -48,7 +52,7 @@ __global__ void attention_forward_kernel(const T* __restrict__ q, const T* __res
     for (int jj = 0; jj < count; ++jj) block_max = score[jj] > block_max ? score[jj] : block_max;
     for (int jj = 0; jj < count; ++jj) block_max = score[jj] != score[jj] ? score[jj] : block_max;  // NaN wins
     const T scale = online_softmax_rescale(running_max, block_max);
-    if (threadIdx.x < count) weight[threadIdx.x] = std::exp(score[threadIdx.x] - running_max);
+    if (threadIdx.x < count) weight[threadIdx.x] = std::exp(score[threadIdx.x] - softmax_shift(running_max));
     __syncthreads();
     T sum = 0;
     for (int jj = 0; jj < count; ++jj) sum += weight[jj];
@@ -61,14 +65,17 @@ __global__ void attention_forward_kernel(const T* __restrict__ q, const T* __res
     __syncthreads();  // score and weight are rewritten by the next chunk
   }
   for (int64_t c = threadIdx.x; c < C; c += kThreads) out_row[c] /= running_sum;
-  if (threadIdx.x == 0) lse[row] = running_max + std::log(running_sum);
+  if (threadIdx.x == 0) lse[row] = log_sum_exp(running_max, running_sum);
 }
 
 // by_support == false: block = query i, loops over support rows j, writes dq_i.
 // by_support == true: block = support row j, loops over queries i, writes ds_j and dv_j.
+// For the distances the gradient Σ_o G_o (other_o − own) is summed from the differences, which
+// never cancel for near-duplicate rows (math.h: gradient_needs_differences); cosine adds its row
+// term a·own at the end, dot has none.
 template <class T>
 __global__ void attention_backward_kernel(const T* __restrict__ q, const T* __restrict__ s, const T* __restrict__ v,
-                                          const T* __restrict__ dout, const T* __restrict__ lse,
+                                          const T* __restrict__ dout, const double* __restrict__ lse,
                                           const T* __restrict__ delta, const T* __restrict__ nq,
                                           const T* __restrict__ ns, T* __restrict__ dq, T* __restrict__ ds,
                                           T* __restrict__ dv, int64_t N, int64_t M, int64_t D, int64_t C,
@@ -95,7 +102,7 @@ __global__ void attention_backward_kernel(const T* __restrict__ q, const T* __re
       const T value = cuda::warp_metric(metric, q + (b * N + i) * D, s + (b * M + j) * D, D, n_row, n_col);
       const T dprob = cuda::warp_dot(dout + (b * N + i) * C, v + (b * M + j) * C, C);
       if (lane == 0) {
-        const T p = std::exp(attention_score(metric, value, inv_temperature) - lse[b * N + i]);
+        const T p = std::exp(log_probability(attention_score(metric, value, inv_temperature), lse[b * N + i]));
         // softmax backward: dS = P (dP − Σ_c dO·O), then onto the metric's value.
         const T g = p * (dprob - delta[b * N + i]) * value_sign;
         prob[oo] = p;
@@ -104,9 +111,11 @@ __global__ void attention_backward_kernel(const T* __restrict__ q, const T* __re
       }
     }
     __syncthreads();
+    const bool distance = is_distance(metric);
     for (int64_t k = threadIdx.x; k < D; k += kThreads) {
+      const T own_k = distance ? own_rows[own * D + k] : T(0);
       T acc = 0;
-      for (int oo = 0; oo < count; ++oo) acc += coeff[oo] * other_rows[(o0 + oo) * D + k];
+      for (int oo = 0; oo < count; ++oo) acc += coeff[oo] * (other_rows[(o0 + oo) * D + k] - own_k);
       own_grad[k] += acc;
     }
     if (by_support) {
@@ -120,8 +129,8 @@ __global__ void attention_backward_kernel(const T* __restrict__ q, const T* __re
     for (int oo = 0; oo < count; ++oo) reduction += weight[oo];
     __syncthreads();  // the chunk's shared arrays are rewritten next
   }
-  if (metric == kDot) return;
-  const T own_norm = cosine ? (by_support ? ns : nq)[blockIdx.x] : T(1);
+  if (metric != kCosine) return;
+  const T own_norm = (by_support ? ns : nq)[blockIdx.x];
   const T factor = row_factor(metric, own_norm) * reduction;
   for (int64_t k = threadIdx.x; k < D; k += kThreads) own_grad[k] += factor * own_rows[own * D + k];
 }
@@ -133,13 +142,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_cuda(const at::
   // One query per block streams over the support rows; its scores are never all in one place.
   TORCH_CHECK(!save_values, "episode_attention: save_values is for the CPU kernels; the CUDA backward recomputes the scores");
   const c10::cuda::CUDAGuard guard(q_in.device());
+  const NoAutocast no_autocast;
   const auto dtype = compute_dtype(q_in);
-  const at::Tensor q = kernel_input(q_in, dtype);
-  const at::Tensor s = kernel_input(s_in, dtype);
+  at::Tensor q = kernel_input(q_in, dtype);
+  at::Tensor s = kernel_input(s_in, dtype);
   const at::Tensor v = kernel_input(v_in, dtype);
+  if (metric == kCosine) {
+    at::Tensor unused;
+    q = cosine_in_range(q, unused);
+    s = cosine_in_range(s, unused);
+  }
   const int64_t B = q.size(0), N = q.size(1), M = s.size(1), D = q.size(2), C = v.size(2);
   at::Tensor out = at::empty({B, N, C}, q.options());
-  at::Tensor lse = at::empty({B, N}, q.options());
+  at::Tensor lse = at::empty({B, N}, q.options().dtype(at::kDouble));
   const at::Tensor values = at::empty({B, 0, 0}, q.options());
   if (B * N == 0) return {out.to(q_in.scalar_type()), lse, values};
   TORCH_CHECK(B * N < (int64_t{1} << 31), "episode_attention: B * N = ", B * N, " is too large for one launch");
@@ -148,7 +163,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_cuda(const at::
     attention_forward_kernel<scalar_t><<<B * N, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         q.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
         metric == kCosine ? nq.data_ptr<scalar_t>() : nullptr, metric == kCosine ? ns.data_ptr<scalar_t>() : nullptr,
-        out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), N, M, D, C, metric, scalar_t(1.0 / temperature));
+        out.data_ptr<scalar_t>(), lse.data_ptr<double>(), N, M, D, C, metric, scalar_t(1.0 / temperature));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out.to(q_in.scalar_type()), lse, values};
@@ -159,15 +174,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_backward_cuda(
     const at::Tensor& out_in, const at::Tensor& lse_in, const at::Tensor& values, int64_t metric,
     double temperature) {
   check_attention_args(q_in, s_in, v_in, metric, temperature);
+  check_backward_args("_episode_attention_backward", "q", q_in, {{"grad_out", &dout_in}, {"out", &out_in}, {"lse", &lse_in},
+                                                            {"values", &values}});
   TORCH_CHECK(values.numel() == 0, "_episode_attention_backward: the CUDA kernels take no saved values (got ",
               values.sizes(), ")");
   const c10::cuda::CUDAGuard guard(q_in.device());
+  const NoAutocast no_autocast;
   const auto dtype = compute_dtype(q_in);
-  const at::Tensor q = kernel_input(q_in, dtype);
-  const at::Tensor s = kernel_input(s_in, dtype);
+  at::Tensor q = kernel_input(q_in, dtype);
+  at::Tensor s = kernel_input(s_in, dtype);
   const at::Tensor v = kernel_input(v_in, dtype);
+  at::Tensor q_divisors, s_divisors;  // cosine's rescaled rows (ops.h)
+  if (metric == kCosine) {
+    q = cosine_in_range(q, q_divisors);
+    s = cosine_in_range(s, s_divisors);
+  }
+  const auto result = [&](const at::Tensor& dq, const at::Tensor& ds, const at::Tensor& dv) {
+    return std::make_tuple(cosine_gradient_of_unscaled(dq, q_divisors).to(q_in.scalar_type()),
+                           cosine_gradient_of_unscaled(ds, s_divisors).to(s_in.scalar_type()),
+                           dv.to(v_in.scalar_type()));
+  };
   const at::Tensor dout = kernel_input(dout_in, dtype);
-  const at::Tensor lse = kernel_input(lse_in, dtype);
+  const at::Tensor lse = kernel_input(lse_in, at::kDouble);
   const int64_t B = q.size(0), N = q.size(1), M = s.size(1), D = q.size(2), C = v.size(2);
   TORCH_CHECK(dout.sizes() == out_in.sizes() && dout.size(0) == B && dout.size(1) == N && dout.size(2) == C,
               "_episode_attention_backward: grad_out and out must be [B, N, C] = ", at::IntArrayRef{B, N, C},
@@ -176,21 +204,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> episode_attention_backward_cuda(
               "_episode_attention_backward: lse must be [B, N]; got ", lse.sizes());
   const at::Tensor delta = (dout * kernel_input(out_in, dtype)).sum(-1).contiguous();
   at::Tensor dq = at::zeros_like(q), ds = at::zeros_like(s), dv = at::zeros_like(v);
-  if (B * N == 0) return {dq.to(q_in.scalar_type()), ds.to(s_in.scalar_type()), dv.to(v_in.scalar_type())};
+  if (B * N == 0) return result(dq, ds, dv);
+  TORCH_CHECK(B * std::max(N, M) < (int64_t{1} << 31), "_episode_attention_backward: B * max(N, M) = ",
+              B * std::max(N, M), " is too large for one launch");
   const at::Tensor nq = metric_norms(q, metric), ns = metric_norms(s, metric);
   AT_DISPATCH_FLOATING_TYPES(dtype, "episode_attention_backward_cuda", [&] {
     for (const bool by_support : {false, true}) {
       attention_backward_kernel<scalar_t>
           <<<B * (by_support ? M : N), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
               q.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), dout.data_ptr<scalar_t>(),
-              lse.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(),
+              lse.data_ptr<double>(), delta.data_ptr<scalar_t>(),
               metric == kCosine ? nq.data_ptr<scalar_t>() : nullptr,
               metric == kCosine ? ns.data_ptr<scalar_t>() : nullptr, dq.data_ptr<scalar_t>(), ds.data_ptr<scalar_t>(),
               dv.data_ptr<scalar_t>(), N, M, D, C, metric, scalar_t(1.0 / temperature), by_support);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  return {dq.to(q_in.scalar_type()), ds.to(s_in.scalar_type()), dv.to(v_in.scalar_type())};
+  return result(dq, ds, dv);
 }
 
 }  // namespace

@@ -10,10 +10,23 @@ import torch
 from fewcore.ops import _reference
 from fewcore.ops._reference import METRICS
 
-#: (name, B, N, M, D, C): an episode-sized problem and one spanning several CPU tiles
-SHAPES = (("episode", 3, 7, 5, 33, 4), ("tiled", 1, 70, 600, 9, 3))
+#: (name, B, N, M, D, C): an episode-sized problem, one spanning several CPU tiles, one whose
+#: attention scores reach |score| = LARGE_SCORE, and near-duplicate points far from the origin
+#: (where ‖x‖² + ‖y‖² − 2x·y and the gradients' expanded forms cancel)
+SHAPES = (
+    ("episode", 3, 7, 5, 33, 4),
+    ("tiled", 1, 70, 600, 9, 3),
+    ("large scores", 2, 9, 40, 17, 3),
+    ("near duplicates", 2, 30, 20, 16, 3),
+)
 #: largest error allowed, relative to the largest reference magnitude (at least 1)
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
+#: the largest attention score of the "large scores" problem
+LARGE_SCORE = 1e5
+#: unit roundoff per dtype: rounding a score s moves exp(s) by about eps·|s|, so the tolerance of
+#: the "large scores" problem grows to 64·eps·LARGE_SCORE (1.4e-9 in float64; 0.76 in float32,
+#: whose scores are that coarse at 1e5)
+_EPS = {torch.float64: 2.0**-52, torch.float32: 2.0**-23}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +111,18 @@ def check_ops(devices: Sequence[str] | None = None, seed: int = 0) -> list[Check
             generator = torch.Generator().manual_seed(seed)
             q, s = (torch.randn(b, rows, d, generator=generator, dtype=torch.float64) for rows in (n, m))
             v = torch.randn(b, m, c, generator=generator, dtype=torch.float64)
+            if shape == "near duplicates":
+                rows = torch.randint(0, n, (m,), generator=generator)
+                q = q + 100.0
+                s = q[:, rows] + 1e-3 * torch.randn(b, m, d, generator=generator, dtype=torch.float64)
+            elif shape == "large scores":
+                q, s = q * 300.0, s * 300.0
+            # float32 inputs: the reference sees the same rounded values as the kernels
+            q, s, v = (t.float().double() for t in (q, s, v))
             for code, metric in enumerate(METRICS):
                 temperature = float(d) if metric in ("sqeuclidean", "dot") else 0.5
+                if shape == "large scores":
+                    temperature = _reference.similarity(q, s, metric).abs().max().item() / LARGE_SCORE
                 cases: list[tuple[str, Callable[..., torch.Tensor], Callable[..., torch.Tensor], list[torch.Tensor]]] = [
                     (
                         "pairwise_distance",
@@ -114,7 +137,10 @@ def check_ops(devices: Sequence[str] | None = None, seed: int = 0) -> list[Check
                         [q, s, v],
                     ),
                 ]
-                for dtype, tolerance in TOLERANCE.items():
+                for dtype, base_tolerance in TOLERANCE.items():
+                    tolerance = base_tolerance
+                    if shape == "large scores":
+                        tolerance = max(base_tolerance, 64 * _EPS[dtype] * LARGE_SCORE)
                     for op, compiled, reference, inputs in cases:
                         fields = {
                             "op": op, "metric": metric, "device": device, "dtype": str(dtype).removeprefix("torch."),

@@ -55,19 +55,16 @@ def _pairwise_distance_backward_fake(
     )
 
 
-def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 @torch.library.register_fake("fewcore::episode_attention")
 def _episode_attention_fake(
     q: torch.Tensor, s: torch.Tensor, v: torch.Tensor, metric: int, temperature: float, save_values: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_fake(q, s, v)
     out = q.new_empty((q.shape[0], q.shape[1], v.shape[2]))
-    compute = _lse_dtype(q.dtype)
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     values_shape = (q.shape[0], q.shape[1], s.shape[1]) if save_values else (q.shape[0], 0, 0)
-    return out, q.new_empty((q.shape[0], q.shape[1]), dtype=compute), q.new_empty(values_shape, dtype=compute)
+    # lse is float64 whatever the inputs (math.h: log_sum_exp)
+    return out, q.new_empty((q.shape[0], q.shape[1]), dtype=torch.float64), q.new_empty(values_shape, dtype=compute)
 
 
 @torch.library.register_fake("fewcore::_episode_attention_backward")
@@ -131,9 +128,12 @@ def _second_order(
         _, vjp = torch.func.vjp(reference, *primals)
         return vjp(cot)
 
-    _, vjp = torch.func.vjp(first_order, cotangent, *inputs)
-    filled = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(inputs, grad_grads))
-    return vjp(filled)
+    # A backward run inside autocast must not lower the reference's products to float16/bfloat16
+    # (the kernels exclude autocast the same way, csrc/include/fewcore/ops.h: NoAutocast).
+    with torch.autocast(cotangent.device.type, enabled=False):
+        _, vjp = torch.func.vjp(first_order, cotangent, *inputs)
+        filled = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(inputs, grad_grads))
+        return vjp(filled)
 
 
 def _autograd_function(

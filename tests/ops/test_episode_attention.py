@@ -142,10 +142,16 @@ def test_saved_values_of_the_wrong_shape_are_refused() -> None:
         torch.ops.fewcore._episode_attention_backward(torch.ones_like(out), q, s, v, out, lse, values[:, :3], 2, 1.0)
 
 
-def test_log_sum_exp_is_saved() -> None:
-    q, s, v = torch.randn(2, 4, 3), torch.randn(2, 5, 3), torch.randn(2, 5, 2)
+@pytest.mark.parametrize("queries", [4, 70])  # whole-task and streaming paths (N·M = 20 and 77,000)
+def test_log_sum_exp_is_saved_in_float64(queries: int) -> None:
+    """lse is float64 for float32 inputs: rounded to float32 at large scores, the backward's
+    probabilities exp(score − lse) would not sum to 1 (math.h: log_sum_exp)."""
+    support = 5 if queries == 4 else 1100
+    q, s, v = torch.randn(2, queries, 3), torch.randn(2, support, 3), torch.randn(2, support, 2)
     _, lse, _ = torch.ops.fewcore.episode_attention(q, s, v, 3, 0.5)
-    torch.testing.assert_close(lse, torch.logsumexp(q @ s.transpose(1, 2) / 0.5, dim=-1))
+    assert lse.dtype == torch.float64
+    scores = (q @ s.transpose(1, 2)).double() / 0.5
+    torch.testing.assert_close(lse, torch.logsumexp(scores, dim=-1), rtol=1e-5, atol=1e-5)
 
 
 def test_one_hot_values_give_class_probabilities() -> None:
@@ -225,3 +231,92 @@ def test_hypothesis_shapes(b: int, n: int, m: int, d: int, c: int, metric: str, 
     grads = torch.autograd.grad(out.sum(), (q, s, v))
     expected_grads = torch.autograd.grad(expected.sum(), (q, s, v))
     torch.testing.assert_close(grads, expected_grads)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.3, 0.06])
+def test_one_support_item_gives_dv_equal_to_the_number_of_queries(temperature: float) -> None:
+    """Issue 16: with M = 1 the output is v, so dL/dv of out.sum() is the number of queries. The
+    backward's exp(score − lse) fused the score's product with the subtraction (an FMA the forward
+    did not make) and gave 44.97 at T = 0.3 and 1.87e10 at T = 0.06 for |score| ≈ 1e9."""
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 4, 100, generator=gen) * 500
+    s = torch.randn(1, 1, 100, generator=gen) * 500
+    v = torch.ones(1, 1, 2, requires_grad=True)
+    ops.episode_attention(q, s, v, "sqeuclidean", temperature).sum().backward()
+    torch.testing.assert_close(v.grad, torch.full_like(v, 4.0), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("metric", ["sqeuclidean", "dot"])
+@pytest.mark.parametrize(("queries", "support"), [(4, 7), (70, 1100)])  # whole-task and streaming paths
+def test_backward_probabilities_sum_to_one_at_large_scores(metric: str, queries: int, support: int) -> None:
+    """Σ_j dv_j = Σ_i dout_i whatever the scores: with lse rounded to float32 the backward's
+    probabilities summed to 1 ± eps·|score| (3% at |score| ≈ 1e6)."""
+    gen = torch.Generator().manual_seed(1)
+    scale = 700.0 if metric == "sqeuclidean" else 1000.0  # |score| ≈ 1e6
+    q = torch.randn(2, queries, 2, generator=gen) * scale
+    s = torch.randn(2, support, 2, generator=gen) * scale
+    v = torch.randn(2, support, 3, generator=gen, requires_grad=True)
+    grad = torch.randn(2, queries, 3, generator=gen)
+    scores = reference.similarity(q.double(), s.double(), metric)
+    assert scores.abs().max() > 3e5
+    ops.episode_attention(q, s, v, metric, 1.0).backward(grad)
+    torch.testing.assert_close(v.grad.sum(1), grad.sum(1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["sqeuclidean", "euclidean"])
+@pytest.mark.parametrize("queries", [3, 70])  # whole-task path, and the streaming one (N·M > 65,536)
+def test_masked_leading_support_rows(metric: str, queries: int) -> None:
+    """Support rows at infinity score −inf. When a whole leading 512-row chunk of the streaming
+    softmax was −inf, its shift exp(−inf − −inf) made the rows NaN (issue 16)."""
+    gen = torch.Generator().manual_seed(2)
+    q = torch.randn(1, queries, 4, generator=gen, dtype=torch.float64)
+    s = torch.randn(1, 1200, 4, generator=gen, dtype=torch.float64)
+    s[:, :600, 0] = float("inf")
+    v = torch.randn(1, 1200, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    v64 = v.detach().clone().requires_grad_()
+    out = ops.episode_attention(q, s, v, metric, 1.0)
+    expected = reference.episode_attention(q, s, v64, metric, 1.0)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()
+    expected.sum().backward()
+    torch.testing.assert_close(v.grad, v64.grad)
+    assert (v.grad[:, :600] == 0).all()
+
+
+@pytest.mark.parametrize("metric", ["sqeuclidean", "euclidean"])
+@pytest.mark.parametrize(("queries", "support"), [(40, 30), (70, 1100)])  # whole-task and streaming paths
+def test_near_duplicate_gradients_stay_accurate(metric: str, queries: int, support: int) -> None:
+    """Close points far from the origin: the gradient's expanded form Σ_j G_ij s_j + a_i q_i cancels
+    (error eps·‖q‖/d); the kernels take such pairs' terms from the differences (math.h)."""
+    gen = torch.Generator().manual_seed(3)
+    q64 = 100 + torch.randn(2, queries, 8, generator=gen, dtype=torch.float64)
+    rows = torch.randint(0, queries, (support,), generator=gen)
+    s64 = q64[:, rows] + 1e-2 * torch.randn(2, support, 8, generator=gen, dtype=torch.float64)
+    v64 = torch.randn(2, support, 3, generator=gen, dtype=torch.float64)
+    q, s, v = (t.float().requires_grad_() for t in (q64, s64, v64))
+    exact = [t.float().double().requires_grad_() for t in (q64, s64, v64)]
+    temperature = 0.01 if metric == "sqeuclidean" else 0.1
+    out = ops.episode_attention(q, s, v, metric, temperature)
+    expected = reference.episode_attention(*exact, metric, temperature)
+    grad = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+    out.backward(grad.float())
+    expected.backward(grad)
+    for mine, theirs in zip((q, s, v), exact):
+        torch.testing.assert_close(mine.grad.double(), theirs.grad, rtol=1e-4, atol=1e-4 * theirs.grad.abs().max().item())
+
+
+def test_cosine_of_huge_rows_is_finite() -> None:
+    """float32 rows of magnitude 1e19 overflowed ‖x‖² and q·s to inf, and cosine became NaN."""
+    gen = torch.Generator().manual_seed(4)
+    q64, s64 = (torch.randn(2, rows, 8, generator=gen, dtype=torch.float64) * 1e19 for rows in (5, 6))
+    v64 = torch.randn(2, 6, 3, generator=gen, dtype=torch.float64)
+    q, s, v = (t.float().requires_grad_() for t in (q64, s64, v64))
+    exact = [t.float().double().requires_grad_() for t in (q64, s64, v64)]
+    out = ops.episode_attention(q, s, v, "cosine", 0.5)
+    expected = reference.episode_attention(*exact, "cosine", 0.5)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    expected.sum().backward()
+    for mine, theirs in zip((q, s, v), exact):
+        torch.testing.assert_close(mine.grad.double(), theirs.grad, rtol=1e-4, atol=1e-5 * theirs.grad.abs().max().item())

@@ -236,3 +236,51 @@ def test_hypothesis_shapes(b: int, n: int, m: int, d: int, metric: str, seed: in
     grads = torch.autograd.grad(out.sum(), (x, y))
     expected_grads = torch.autograd.grad(expected.sum(), (x, y))
     torch.testing.assert_close(grads, expected_grads)
+
+
+@pytest.mark.parametrize("metric", ["sqeuclidean", "euclidean"])
+@pytest.mark.parametrize(("n", "d"), [(300, 1), (40, 64), (70, 3)])  # (70, 3) against 1100: the tiled backward
+def test_near_duplicate_gradients_stay_accurate(metric: str, n: int, d: int) -> None:
+    """Issue 16: the backward's expanded form Σ_j G_ij y_j + a_i x_i cancels for close points far
+    from the origin (−203.9 against the exact −228 at D = 1, 300×300); the kernels take such
+    pairs' terms from the differences, as the forward does."""
+    gen = torch.Generator().manual_seed(6)
+    m = 1100 if n == 70 else n
+    x64 = 100 + 8e-3 * torch.randn(n, d, generator=gen, dtype=torch.float64)
+    y64 = 100 + 8e-3 * torch.randn(m, d, generator=gen, dtype=torch.float64)
+    x, y = (t.float().requires_grad_() for t in (x64, y64))
+    exact = [t.float().double().requires_grad_() for t in (x64, y64)]
+    ops.pairwise_distance(x, y, metric).sum().backward()
+    reference.pairwise_distance(*exact, metric).sum().backward()
+    for mine, theirs in zip((x, y), exact):
+        torch.testing.assert_close(mine.grad.double(), theirs.grad, rtol=1e-4, atol=1e-4 * theirs.grad.abs().max().item())
+
+
+@pytest.mark.parametrize("scale", [1e19, 1e-19])
+def test_cosine_of_huge_and_tiny_rows(scale: float) -> None:
+    """float32 rows of magnitude 1e19 overflowed ‖x‖² and x·y to inf: cosine was NaN (issue 16).
+    Rows are rescaled by powers of two; tiny rows, whose norm is below eps, keep the eps rule."""
+    gen = torch.Generator().manual_seed(7)
+    x64, y64 = (torch.randn(2, rows, 8, generator=gen, dtype=torch.float64) * scale for rows in (5, 6))
+    x, y = (t.float().requires_grad_() for t in (x64, y64))
+    exact = [t.float().double().requires_grad_() for t in (x64, y64)]
+    out = ops.pairwise_distance(x, y, "cosine")
+    expected = reference.pairwise_distance(*exact, "cosine")
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    grad = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+    out.backward(grad.float())
+    expected.backward(grad)
+    for mine, theirs in zip((x, y), exact):
+        torch.testing.assert_close(mine.grad.double(), theirs.grad, rtol=1e-4, atol=1e-5 * theirs.grad.abs().max().item())
+
+
+def test_backward_refuses_arguments_on_another_device() -> None:
+    """The backward ops check the device of grad and out (a CPU gradient handed to the CUDA kernel
+    was read through a host pointer). On a machine without a GPU the check is reached with a
+    tensor the CPU kernel receives from a direct call: a zero-size meta tensor dispatches by x."""
+    x, y = torch.randn(1, 2, 3), torch.randn(1, 4, 3)
+    out = ops.pairwise_distance(x, y)
+    with pytest.raises(RuntimeError, match="grad is on meta but x is on cpu; pass every tensor on one device"):
+        torch.ops.fewcore._pairwise_distance_backward.default.redispatch(
+            torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), out.to("meta"), x, y, out, 0
+        )

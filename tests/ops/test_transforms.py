@@ -124,6 +124,33 @@ def test_autocast_computes_in_float32(op: str) -> None:
     assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
 
 
+@pytest.mark.parametrize("metric", ops.METRICS)
+@pytest.mark.parametrize("op", ["pairwise_distance", "episode_attention"])
+@pytest.mark.parametrize("create_graph", [False, True], ids=["backward", "create_graph"])
+def test_backward_inside_autocast_multiplies_in_float32(op: str, metric: str, create_graph: bool) -> None:
+    """A backward run inside autocast (issue 15): the kernels' own products must not be lowered to
+    bfloat16, whose 8-bit mantissa would leave errors of ~1e-2 in the gradients."""
+    gen = torch.Generator().manual_seed(5)
+    q64, s64, v64 = (torch.randn(2, rows, 6, generator=gen, dtype=torch.float64) for rows in (5, 4, 4))
+    leaves = [t.float().requires_grad_() for t in (q64, s64, v64)]
+    exact = [t.clone().requires_grad_() for t in (q64, s64, v64)]
+    n_args = 2 if op == "pairwise_distance" else 3
+    extra = () if op == "pairwise_distance" else (1.5,)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = getattr(ops, op)(*leaves[:n_args], metric, *extra)
+        grads = torch.autograd.grad(out.square().sum(), leaves[:n_args], create_graph=create_graph)
+        # The second derivative goes through the reference's vector-Jacobian product (_compiled.py).
+        second = torch.autograd.grad(grads[0].square().sum(), leaves[0]) if create_graph else ()
+    expected = getattr(reference, op)(*exact[:n_args], metric, *extra)
+    expected_grads = torch.autograd.grad(expected.square().sum(), exact[:n_args], create_graph=create_graph)
+    assert all(g.dtype == torch.float32 for g in grads)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tuple(g.double() for g in grads), expected_grads, rtol=1e-5, atol=1e-5)
+    if create_graph:
+        expected_second = torch.autograd.grad(expected_grads[0].square().sum(), exact[0])
+        torch.testing.assert_close(second[0].double(), expected_second[0], rtol=1e-4, atol=1e-4)
+
+
 def test_reference_mode_runs_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     q, s, v = _inputs(4)
     monkeypatch.setenv("FEWCORE_OPS", "reference")

@@ -47,6 +47,17 @@ FEWCORE_HD bool needs_exact_sqdist(T expanded, T sqx, T sqy) {
   return !(expanded > T(kCancellationRatio) * (sqx + sqy));
 }
 
+// The gradients' expanded form (gx_i = Σ_j G_ij y_j + a_i x_i below) cancels the same way: for a
+// distance metric it stands for Σ_j G_ij (y_j − x_i), with an error of about eps·‖x‖·|G_ij| per
+// pair (for euclidean G_ij = g/d, so eps·‖x‖/d relative). The pairs the forward recomputes from the
+// differences — the same test on the exact squared distance — take their gradient term from the
+// differences too. `value` is the metric's value; sqx, sqy the rows' squared norms.
+template <class T>
+FEWCORE_HD bool gradient_needs_differences(int64_t metric, T value, T sqx, T sqy) {
+  if (metric != kSqEuclidean && metric != kEuclidean) return false;
+  return needs_exact_sqdist(metric == kEuclidean ? value * value : value, sqx, sqy);
+}
+
 // The metric's value from an exact squared distance (distance metrics) or a dot product.
 // `nx`, `ny` are the cosine norms (cosine_norm); other metrics ignore them.
 template <class T>
@@ -106,6 +117,30 @@ FEWCORE_HD T online_softmax_rescale(T& running_max, T block_max) {
   const T scale = running_max == -INFINITY ? T(0) : std::exp(running_max - new_max);
   running_max = new_max;
   return scale;
+}
+
+// What the scores are shifted by before exp: the running maximum, or 0 while every score so far
+// is −inf (masked support items), whose exp(−inf − −inf) would be NaN instead of 0.
+template <class T>
+FEWCORE_HD T softmax_shift(T running_max) {
+  return running_max == -INFINITY ? T(0) : running_max;
+}
+
+// The log-sum-exp of a row, max + log Σ exp(score − max), is kept in double even for float32
+// scores: in float32, max + log Σ rounds to the ulp of max (0.06 at |score| ≈ 1e6), and the
+// backward's probabilities exp(score − lse) would no longer sum to 1.
+template <class T>
+FEWCORE_HD double log_sum_exp(T max, T sum) {
+  return static_cast<double>(max) + std::log(static_cast<double>(sum));
+}
+
+// The backward's log-probability score − lse. The score is subtracted in double, which also keeps
+// the compiler from fusing the score's product (value / T) with the subtraction into one FMA: the
+// forward rounds that product before subtracting, and the two results differ by up to half an
+// ulp of the score (exp of 30 at |score| ≈ 1e9).
+template <class T>
+FEWCORE_HD T log_probability(T score, double lse) {
+  return static_cast<T>(static_cast<double>(score) - lse);
 }
 
 }  // namespace fewcore
