@@ -103,6 +103,9 @@ def test_a_missing_or_wrong_weights_file_is_named(tmp_path: Path) -> None:
     _, resnet18_file = _saved_weights(tmp_path, "resnet18")
     with pytest.raises(ValueError, match=r"is not a state dict of torchvision's resnet50: missing \['layer1.0.bn3.bias'"):
         ResNet50(weights=resnet18_file)
+    half = tmp_path / "half.pth"
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in torch.load(resnet18_file).items()}, half)
+    assert ResNet18(weights=half).trunk[0].weight.dtype == torch.float32  # stored in half, computed in float
     torch.save(torch.zeros(3), tmp_path / "tensor.pth")
     with pytest.raises(ValueError, match="holds a Tensor; expected a state dict"):
         ResNet18(weights=tmp_path / "tensor.pth")

@@ -157,8 +157,10 @@ def _trunk_with_weights(weights: str | os.PathLike[str], name: str, architecture
             f"{name}: {path} is not a state dict of torchvision's {name.removeprefix('torchvision-')}: "
             f"missing {missing[:3]} ({len(missing)} in all), unexpected {unexpected[:3]} ({len(unexpected)} in all)"
         )
+    # assign=True keeps the file's tensors, so a half-precision file would make a half-precision trunk
+    trunk_state = {key: state[key].float() if state[key].is_floating_point() else state[key] for key in needed}
     try:
-        model.load_state_dict({key: state[key] for key in needed}, strict=False, assign=True)
+        model.load_state_dict(trunk_state, strict=False, assign=True)
     except RuntimeError as exc:  # tensors of the wrong shapes
         raise ValueError(f"{name}: the tensors of {path} do not fit torchvision's network: {exc}") from exc
     return trunk
