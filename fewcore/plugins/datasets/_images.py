@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Mapping, Sequence
 
@@ -54,6 +55,14 @@ def _decode(data: bytes | Path, name: str, size: tuple[int, int], channels: int,
     if invert:
         array = 255 - array
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, source: Path) -> bytes:
+    """The bytes of one member of a zip, or an error naming the zip when they are damaged."""
+    try:
+        return archive.read(name)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise ValueError(f"the zip {source} is damaged at {name} ({exc}); download it again") from None
 
 
 def _class_of(parts: tuple[str, ...], depth: int) -> str | None:
@@ -250,7 +259,7 @@ def _load(
             with zipfile.ZipFile(source) as archive:
                 members = _zip_members(archive, zip_depth)
                 tree = {
-                    cls: _stack([_decode(archive.read(m), f"{source}:{m}", size, channels, invert) for m in sorted(names)])
+                    cls: _stack([_decode(_read_member(archive, m, source), f"{source}:{m}", size, channels, invert) for m in sorted(names)])
                     for cls, names in sorted(members.items())
                 }
         else:
