@@ -7,6 +7,7 @@ mistakes over the built-in folder dataset, Conv4 and Prototypical Networks on 16
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import zipfile
@@ -281,23 +282,38 @@ def test_dangling_and_looping_symbolic_links_in_a_dataset(
           "[dataset]", "is a symbolic link loop")
 
 
-@pytest.mark.parametrize("damage", ["truncated", "not a zip"])
+def _png() -> bytes:
+    out = io.BytesIO()
+    Image.new("L", (8, 8), 200).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a zip", "damaged inside"])
 def test_omniglot_root_that_is_not_a_complete_zip(tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str) -> None:
     path = tmp_path / "images_background.zip"
-    if damage == "truncated":
-        with zipfile.ZipFile(path, "w") as archive:
-            for i in range(20):
-                archive.writestr(f"images_background/Greek/character{i:02d}/{i}.png", os.urandom(2000))
-        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    else:
+    member = "images_background/Greek/character01/01.png"
+    if damage == "not a zip":
         path.write_text("<html>the download page, not the file</html>")
+    else:
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            for i in range(20):
+                archive.writestr(f"images_background/Greek/character{i:02d}/01.png", _png())
+        data = bytearray(path.read_bytes())
+        if damage == "truncated":
+            data = data[: len(data) // 2]
+        else:  # flip a byte of the first member's compressed data
+            data[data.index(member.encode()) + len(member) + 4] ^= 0xFF
+        path.write_bytes(bytes(data))
     omniglot = tmp_path / "omniglot.toml"
     omniglot.write_text(
         f'[dataset]\nname = "omniglot"\nroot = "{path.as_posix()}"\ndisk_cache = false\n'
         '[backbone]\nname = "conv4"\n[learner]\nname = "protonet"\n'
     )
-    fails(capsys, _train_args(omniglot, tmp_path / "run"),
-          "[dataset] could not build dataset 'omniglot'", f"image source {path} is a file but not a readable zip")
+    if damage == "damaged inside":
+        expected = f"the zip {path} is damaged at {member}"
+    else:
+        expected = f"image source {path} is a file but not a readable zip"
+    fails(capsys, _train_args(omniglot, tmp_path / "run"), "[dataset] could not build dataset 'omniglot'", expected)
 
 
 def test_negative_backbone_size(image_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
