@@ -147,8 +147,10 @@ def _resolve_source(source: str | os.PathLike[str]) -> Path:
     except FileNotFoundError:
         link = f" (a symbolic link to {os.readlink(given)}, which is missing)" if given.is_symlink() else ""
         raise FileNotFoundError(f"image source {given}{link} does not exist (expected a folder or a .zip file)") from None
-    except (OSError, RuntimeError):  # a link loop: RuntimeError before Python 3.13, OSError (ELOOP) after
-        raise ValueError(f"image source {given} is a symbolic link loop; point it at a folder or a .zip file") from None
+    except (OSError, RuntimeError) as exc:  # a link loop: RuntimeError before Python 3.13, OSError (ELOOP) after
+        if isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP:
+            raise ValueError(f"image source {given} is a symbolic link loop; point it at a folder or a .zip file") from None
+        raise ValueError(f"cannot read image source {given}: {exc.strerror}; fix its permissions") from None
 
 
 def load_image_tree(
