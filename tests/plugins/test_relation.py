@@ -67,15 +67,18 @@ def test_split_first_convolution_equals_scoring_each_concatenation(feature_shape
     assert ((scores > 0) & (scores < 1)).all()
 
 
-def test_scores_relate_queries_to_summed_class_maps_whatever_the_label_order() -> None:
+@pytest.mark.parametrize("class_pooling", ["sum", "mean"])
+def test_scores_relate_queries_to_pooled_class_maps_whatever_the_label_order(class_pooling: str) -> None:
     torch.manual_seed(0)
-    learner = RelationNetworks(TinyMaps(), relation_channels=4, relation_hidden=3).to(F64).eval()
+    learner = RelationNetworks(TinyMaps(), relation_channels=4, relation_hidden=3, class_pooling=class_pooling)
+    learner = learner.to(F64).eval()
     episode = _f64(random_episode((1, 4, 4), n_way=3, k_shot=2, q_query=2, batch_size=2, seed=1))
     with torch.no_grad():
         scores = learner.predict(episode.support_x, episode.support_y, episode.query_x)
         for b in range(2):
             maps = learner.backbone.forward_features(episode.support_x[b])
-            classes = torch.stack([maps[episode.support_y[b] == k].sum(0) for k in range(3)])  # f(S_k) = Σ f(x_i)
+            # f(S_k) = Σ f(x_i) over the class's support items (or their mean)
+            classes = torch.stack([getattr(maps[episode.support_y[b] == k], class_pooling)(0) for k in range(3)])
             for j, query in enumerate(learner.backbone.forward_features(episode.query_x[b])):
                 expected = learner.relation(torch.cat([classes, query.expand_as(classes)], dim=1))
                 torch.testing.assert_close(scores[b, j], expected, rtol=1e-12, atol=1e-12)
@@ -107,6 +110,8 @@ def test_feature_maps_that_are_not_c_h_w_and_bad_sizes_are_explained() -> None:
         RelationNetworks(FlatMaps())
     with pytest.raises(ValueError, match="relation_channels"):
         RelationNetworks(TinyMaps(), relation_channels=0)
+    with pytest.raises(ValueError, match="class_pooling must be 'sum' or 'mean'; got 'max'"):
+        RelationNetworks(TinyMaps(), class_pooling="max")
 
 
 def test_registered_and_sized_from_the_item_shape() -> None:
