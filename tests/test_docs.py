@@ -13,7 +13,8 @@ How a block is run (the convention is also stated in docs/index.md, "The code on
 * An HTML comment on the line before a block (invisible on the rendered page) changes this:
   ``<!-- docs-test: skip REASON -->`` does not run the block (a reason is required);
   ``<!-- docs-test: file PATH -->`` writes the block's text to PATH (relative to the working
-  directory) instead of running it, for the files a tutorial has the reader create;
+  directory) instead of running it, for the files a tutorial has the reader create (the line of
+  text before it names the file as `` `PATH` ``, so the reader sees it too);
   ``<!-- docs-test: setup COMMAND -->`` runs the console command COMMAND before the block, for a
   state the page assumes the reader has (e.g. a trained run).
 * Blocks in other languages (``toml``, ``text``, ...) are shown, not run; blocks without a
@@ -62,10 +63,12 @@ class Block:
     code: str
     directive: str | None = None
     argument: str = ""
+    text_before: str = ""  # the last line of prose before the block (and its directive)
 
     @property
     def where(self) -> str:
-        return f"{self.page.relative_to(REPO_ROOT)}:{self.line}"
+        page = self.page.relative_to(REPO_ROOT) if self.page.is_relative_to(REPO_ROOT) else self.page
+        return f"{page}:{self.line}"
 
 
 def read_blocks(page: Path) -> list[Block]:
@@ -84,8 +87,9 @@ def read_blocks(page: Path) -> list[Block]:
             line = lines[index]
             body.append(line[len(indent) :] if line.startswith(indent) else line.lstrip())
             index += 1
-        previous = next((lines[i] for i in range(start - 1, -1, -1) if lines[i].strip()), "")
-        directive = _DIRECTIVE.match(previous)
+        before = [line for line in lines[:start] if line.strip()]
+        directive = _DIRECTIVE.match(before[-1]) if before else None
+        prose = before[:-1] if directive else before
         blocks.append(
             Block(
                 page,
@@ -94,6 +98,7 @@ def read_blocks(page: Path) -> list[Block]:
                 "\n".join(body) + "\n",
                 directive["kind"] if directive else None,
                 directive["argument"] if directive else "",
+                prose[-1] if prose else "",
             )
         )
         index += 1
@@ -158,7 +163,10 @@ class PageRunner:
             self.run_console(block, block.argument)
         if block.language == "python":
             with self.page_packages():
-                exec(compile(block.code, block.where, "exec"), self.namespace)
+                try:
+                    exec(compile(block.code, block.where, "exec"), self.namespace)
+                except Exception as exc:
+                    raise AssertionError(f"{block.where}: {type(exc).__name__}: {exc}") from exc
         elif block.language == "console":
             for line in commands(block.code):
                 self.run_console(block, line)
@@ -192,6 +200,10 @@ def test_every_block_is_run_or_says_why_not(page: Path) -> None:
         if block.directive is not None:
             assert block.directive in ("skip", "file", "setup"), f"{block.where}: unknown directive {block.directive!r}"
             assert block.argument, f"{block.where}: 'docs-test: {block.directive}' needs a {'reason' if block.directive == 'skip' else 'argument'}"
+        if block.directive == "file":
+            assert f"`{block.argument}`" in block.text_before, (
+                f"{block.where}: the line before a file block must name the file for the reader, as `{block.argument}`"
+            )
 
 
 def runnable_blocks(page: Path) -> list[Block]:
@@ -201,18 +213,16 @@ def runnable_blocks(page: Path) -> list[Block]:
     ]
 
 
-@pytest.mark.parametrize("page", [p for p in DOC_PAGES if runnable_blocks(p)], ids=_page_id)
-def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None) -> None:
+def run_page(page: Path, workdir: Path) -> None:
+    """Run the code of ``page`` in ``workdir`` (the current directory), as the module docstring says."""
     runnable = runnable_blocks(page)
-    (tmp_path / "configs").symlink_to(REPO_ROOT / "configs")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    (workdir / "configs").symlink_to(REPO_ROOT / "configs")
     isolated = any("pip install" in line for b in runnable if b.language == "console" for line in commands(b.code))
-    runner = PageRunner(tmp_path, isolated)
+    runner = PageRunner(workdir, isolated)
     registered = sorted((c.kind, c.name) for c in fewcore.registry().components())
     for block in runnable:
         if block.directive == "file":
-            target = tmp_path / block.argument
+            target = workdir / block.argument
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(block.code)
         else:
@@ -220,6 +230,34 @@ def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert sorted((c.kind, c.name) for c in fewcore.registry().components()) == registered, (
         "a page must leave the registry as it found it"
     )
+
+
+@pytest.mark.parametrize("page", [p for p in DOC_PAGES if runnable_blocks(p)], ids=_page_id)
+def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    run_page(page, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ("```python\nassert fewcore.__name__ == 'nope'\n```", r"page.md:6: AssertionError"),
+        ("```console\nfewcore eval runs/none\n```", r"page.md:6: `fewcore eval runs/none` exited with 2"),
+        ("```console\nls no-such-file\n```", r"page.md:6: `ls no-such-file` exited with 2"),
+        ("<!-- docs-test: setup false -->\n```python\npass\n```", r"page.md:7: `false` exited with 1"),
+    ],
+)
+def test_a_failing_block_fails_the_page_and_names_its_line(
+    block: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("# A page\n\n```python\nimport fewcore\n```\n" + block + "\n")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    with pytest.raises(AssertionError, match=message):
+        run_page(page, workdir)
 
 
 def test_every_hookspec_has_a_heading_with_its_signature() -> None:
