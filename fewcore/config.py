@@ -350,9 +350,10 @@ def _check_values(config: Config, source: str) -> None:
     for key, (choice, allowed) in choices.items():
         if choice not in allowed:
             raise ConfigError(f"{source}: {key} must be one of {', '.join(allowed)}; got {choice!r}")
-    for key, value in {"train.channels_last": config.train.channels_last, "eval.channels_last": config.eval.channels_last}.items():
-        if value not in (True, False, "auto"):
-            raise ConfigError(f"{source}: {key} must be true, false or \"auto\"; got {value!r}")
+    layouts = {"train.channels_last": config.train.channels_last, "eval.channels_last": config.eval.channels_last}
+    for key, layout in layouts.items():
+        if layout not in (True, False, "auto"):
+            raise ConfigError(f"{source}: {key} must be true, false or \"auto\"; got {layout!r}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.train.device):
         raise ConfigError(f"{source}: train.device must be auto, cpu, cuda or cuda:N; got {config.train.device!r}")
     if not config.eval.settings:
