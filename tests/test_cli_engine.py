@@ -13,7 +13,7 @@ from PIL import Image
 
 import fewcore
 from fewcore.cli import main
-from tests.engine._fakes import fakes  # noqa: F401 - fixture
+from tests.engine._fakes import fakes  # noqa: F401 - a fixture, used through usefixtures
 
 FAKE_TOML = """
 [dataset]
@@ -48,7 +48,8 @@ def fake_toml(tmp_path: Path) -> Path:
     return path
 
 
-def test_train_eval_plot(fakes, fake_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.usefixtures("fakes")
+def test_train_eval_plot(fake_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     assert main(["train", str(fake_toml), "--run-dir", str(run), "--device", "cpu", "--no-progress"]) == 0
     out = capsys.readouterr().out
@@ -68,7 +69,8 @@ def test_train_eval_plot(fakes, fake_toml: Path, tmp_path: Path, capsys: pytest.
     assert (run / "curves.png").is_file() and capsys.readouterr().out.strip().endswith("curves.png")
 
 
-def test_train_refuses_to_overwrite_and_resumes(fakes, fake_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.usefixtures("fakes")
+def test_train_refuses_to_overwrite_and_resumes(fake_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = str(tmp_path / "run")
     assert main(["train", str(fake_toml), "--run-dir", run, "--no-progress"]) == 0
     assert main(["train", str(fake_toml), "--run-dir", run, "--no-progress"]) == 2
@@ -77,7 +79,8 @@ def test_train_refuses_to_overwrite_and_resumes(fakes, fake_toml: Path, tmp_path
     assert "12 steps" in capsys.readouterr().out
 
 
-def test_train_overwrite_starts_a_finished_run_over(fakes, fake_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.usefixtures("fakes")
+def test_train_overwrite_starts_a_finished_run_over(fake_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     assert main(["train", str(fake_toml), "--run-dir", str(run), "--no-progress"]) == 0
     assert main(["plot", str(run)]) == 0 and (run / "curves.png").is_file()
@@ -93,6 +96,7 @@ def test_train_overwrite_starts_a_finished_run_over(fakes, fake_toml: Path, tmp_
     assert fewcore.engine.load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
 
 
+@pytest.mark.usefixtures("fakes")
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -102,13 +106,16 @@ def test_train_overwrite_starts_a_finished_run_over(fakes, fake_toml: Path, tmp_
         (["--set", "backbone.in_features=5"], "does not fit the dataset's items"),
     ],
 )
-def test_train_errors_are_one_line(fakes, fake_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+def test_train_errors_are_one_line(
+    fake_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
     assert main(["train", str(fake_toml), "--run-dir", str(tmp_path / "r"), "--no-progress", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fewcore train: error: ") and message in err, err
 
 
-def test_eval_and_plot_errors(fakes, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.usefixtures("fakes")
+def test_eval_and_plot_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", str(tmp_path)]) == 2
     assert "without checkpoints" in capsys.readouterr().err
     assert main(["plot", str(tmp_path)]) == 2
@@ -177,7 +184,7 @@ def test_demo_reuses_a_finished_run(demo_run: tuple[Path, str], capsys: pytest.C
     config = run.parent / "tiny_demo.toml"
     assert main(["demo", "--config", str(config), "--run-dir", str(run), "--no-progress", "--device", "cpu"]) == 0
     again = capsys.readouterr().out
-    line = next(l for l in first.splitlines() if l.strip().startswith("5-way 1-shot"))
+    line = next(text for text in first.splitlines() if text.strip().startswith("5-way 1-shot"))
     assert line in again, "the same checkpoint and test episodes give the same accuracy"
 
 
@@ -188,7 +195,9 @@ def _save_png(image: torch.Tensor, path: Path, invert: bool = False) -> None:
 
 
 @pytest.mark.parametrize("invert", [False, True], ids=["ink-on-black", "dark-strokes-on-white"])
-def test_predict_classifies_a_query_folder(demo_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], invert: bool) -> None:
+def test_predict_classifies_a_query_folder(
+    demo_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], invert: bool
+) -> None:
     run, _ = demo_run
     dataset = fewcore.create("dataset", "glyphs", alphabets=10, characters=10, drawings=10)
     classes = dataset.classes("test")[:: len(dataset.classes("test")) // 4][:4]
