@@ -79,8 +79,10 @@ def build(
     )
 
 
-#: the compared paths: the whole meta-batch in one vmap (a chunk of META_BATCH tasks; the
-#: learner's default on the CPU is chunks of CPU_TASKS_PER_VMAP), vmap over chunks of 4, the loop
+#: the compared paths, in float32 and channels-first: the whole meta-batch in one vmap (a chunk
+#: of META_BATCH tasks), vmap over chunks of 4, and the loop (the learner's default on the CPU,
+#: the only path with the fused batch norm); benchmarks/peers/maml.py times the default options
+#: against higher
 PATHS = {"vmap": ("vmap", META_BATCH), "vmap, 4 tasks per chunk": ("vmap", 4), "loop": ("loop",)}
 
 

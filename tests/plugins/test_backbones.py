@@ -24,13 +24,33 @@ def test_conv4_embedding_size_matches_its_output(in_channels: int, size: tuple[i
     assert out.shape == (2, expected)
 
 
-def test_conv4_is_four_conv_bn_relu_pool_blocks_of_64_channels() -> None:
+def test_conv4_is_four_conv_bn_pool_relu_blocks_of_64_channels() -> None:
     layers = list(Conv4().features)
     kinds = [type(layer).__name__ for layer in layers]
-    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"] * 4
+    assert kinds == ["Conv2d", "BatchNorm2d", "MaxPool2d", "ReLU"] * 4
     convs = [layer for layer in layers if isinstance(layer, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [64] * 4
     assert all(c.kernel_size == (3, 3) for c in convs)
+
+
+def test_conv4_pooling_before_relu_equals_the_papers_order_to_second_derivatives() -> None:
+    """max(relu(x)) = relu(max(x)): the same outputs, gradients and Hessian-vector products
+    (which MAML's meta-gradient takes) as the papers' [conv, BN, ReLU, pool] order."""
+    torch.manual_seed(0)
+    backbone = Conv4(hidden_channels=8).double()
+    layers = list(backbone.features)
+    papers = torch.nn.Sequential(*[m for i in range(0, 16, 4) for m in (layers[i], layers[i + 1], layers[i + 3], layers[i + 2])])
+    x = torch.randn(6, 1, 28, 28, dtype=torch.float64)
+    params = list(backbone.parameters())
+    direction = [torch.randn_like(p) for p in params]
+    results = []
+    for net in (backbone.features, papers):
+        out = net(x)
+        grads = torch.autograd.grad(out.square().sum(), params, create_graph=True)
+        hvp = torch.autograd.grad(sum((g * v).sum() for g, v in zip(grads, direction)), params)
+        results.append([out, *grads, *hvp])
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(("size", "channels"), [((84, 84), (64, 160, 320, 640)), ((32, 32), (8, 16, 24, 40))])

@@ -237,8 +237,9 @@ def test_vmapped_and_looped_meta_gradients_agree_on_conv4(learner_cls: type[MAML
         torch.testing.assert_close(c, lp, rtol=1e-9, atol=1e-12)
 
 
-def test_cpu_default_vmaps_a_few_tasks_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On the CPU the whole-batch vmap is slower than the loop; the default chunks the meta-batch."""
+def test_cpu_default_is_the_loop_and_vmap_there_takes_a_few_tasks_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU the loop with the fused batch norm is the fastest path, so ``"auto"`` loops; an
+    explicit vmap chunks the meta-batch (its whole-batch form is slower than chunks there)."""
     from fewcore.plugins.learners import maml
 
     chunk_sizes = []
@@ -249,7 +250,10 @@ def test_cpu_default_vmaps_a_few_tasks_at_a_time(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(maml, "vmap", recording_vmap)
     episode = random_episode(batch=6, n_way=3, k_shot=1, q_query=1, item_shape=(4,))
-    learner = MAML(Flat(4), n_way=3, task_batching="vmap").to(F64)
+    learner = MAML(Flat(4), n_way=3).to(F64)
+    learner(episode)
+    assert chunk_sizes == [] and learner.task_batching == "auto"
+    learner.task_batching = "vmap"
     learner(episode)
     learner.tasks_per_vmap = 6
     learner(episode)
@@ -301,7 +305,10 @@ class ItemCallingBackbone(Flat):
         return x.flatten(1) * (2.0 if x.sum().item() > 0 else 1.0)
 
 
-def test_auto_falls_back_to_the_loop_with_a_warning() -> None:
+def test_auto_falls_back_to_the_loop_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fewcore.plugins.learners import maml
+
+    monkeypatch.setattr(maml, "auto_vmaps", lambda device: True)  # as on an accelerator
     episode = random_episode(batch=2, n_way=2, k_shot=1, q_query=2, item_shape=(3,))
     learner = MAML(ItemCallingBackbone(3), n_way=2).to(F64)
     with pytest.warns(RuntimeWarning, match="adapting one task at a time"):
@@ -372,8 +379,16 @@ def test_registered() -> None:
     assert isinstance(learner, MetaSGD) and learner.first_order
 
 
-@pytest.mark.parametrize("name", ["maml", "metasgd"])
-def test_learns_one_shot_glyphs(name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "precision", "channels_last"),
+    [("maml", "fp32", False), ("metasgd", "fp32", False), ("maml", "bf16", True)],
+)
+def test_learns_one_shot_glyphs(name: str, precision: str, channels_last: bool) -> None:
+    """Also under bfloat16 autocast and channels-last, the engine's defaults on CPUs with native
+    bfloat16 (elsewhere bfloat16 is slower but computes the same)."""
+    from fewcore.engine._precision import ComputeMode
+
+    mode = ComputeMode.resolve(precision, channels_last, "cpu")
     if "episodic" not in fewcore.list_components("sampler"):
         pytest.skip("the episodic sampler is not registered")
     torch.manual_seed(0)
@@ -389,12 +404,14 @@ def test_learns_one_shot_glyphs(name: str) -> None:
     learner = fewcore.create(
         "learner", name, backbone=backbone, item_shape=dataset.item_shape, eval_inner_steps=3, inner_lr=0.4
     )
+    mode.prepare(learner)
     test = list(itertools.islice(episodes("test", 1), 5))
 
     def accuracy() -> float:
         learner.eval()
         with torch.no_grad():
-            hits = [(learner(e).logits.argmax(-1) == e.query_y).float().mean() for e in test]
+            with mode.autocast():
+                hits = [(learner(e).logits.argmax(-1) == e.query_y).float().mean() for e in test]
         learner.train()
         return float(torch.stack(hits).mean())
 
@@ -402,7 +419,61 @@ def test_learns_one_shot_glyphs(name: str) -> None:
     optimizer = torch.optim.Adam(learner.parameters(), lr=3e-3)
     for episode in itertools.islice(episodes("train", 0), 30):
         optimizer.zero_grad()
-        learner(episode).loss.backward()
+        with mode.autocast():
+            loss = learner(episode).loss
+        loss.backward()
         optimizer.step()
     after = accuracy()
     assert after > 0.45 and after > before + 0.1, f"glyphs 5-way 1-shot accuracy {before:.2f} → {after:.2f} (chance 0.20)"
+
+
+# --- against higher 0.2.1, the peer library (optional: pip install -e '.[peers]') --------------
+
+
+def _higher_meta_gradients(net: nn.Module, episode: Episode, steps: int, first_order: bool, inner_lr: float) -> list[Tensor]:
+    """The meta-gradient of the mean query loss as a higher user computes it (its MAML example)."""
+    higher = pytest.importorskip("higher")
+    net.zero_grad()
+    inner_opt = torch.optim.SGD(net.parameters(), lr=inner_lr)
+    for sx, sy, qx, qy in zip(episode.support_x, episode.support_y, episode.query_x, episode.query_y):
+        with higher.innerloop_ctx(net, inner_opt, copy_initial_weights=False, track_higher_grads=not first_order) as (
+            fnet,
+            diffopt,
+        ):
+            for _ in range(steps):
+                diffopt.step(F.cross_entropy(fnet(sx), sy))
+            query_loss = F.cross_entropy(fnet(qx), qy) / episode.batch_size
+            if first_order:  # detached adapted weights: higher leaves net's gradients empty
+                for p, g in zip(net.parameters(), torch.autograd.grad(query_loss, list(fnet.parameters()))):
+                    p.grad = g if p.grad is None else p.grad + g
+            else:
+                query_loss.backward()
+    return [p.grad for p in net.parameters()]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(("first_order", "steps"), [(False, 1), (True, 1), (False, 5), (True, 5)])
+def test_meta_gradients_equal_highers(first_order: bool, steps: int, channels_last: bool) -> None:
+    """Conv4 on 28×28 images, float64: fewcore's default path (the loop with the fused batch
+    norm on the CPU), channels-first and channels-last, against higher's, to 1e-10."""
+    torch.manual_seed(4)
+    backbone = fewcore.create("backbone", "conv4", hidden_channels=8)
+    learner = MAML(backbone, n_way=5, inner_steps=steps, first_order=first_order, item_shape=(1, 28, 28)).to(F64)
+    papers_order = [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]  # as a higher user writes Conv4
+    layers: list[nn.Module] = []
+    for _ in range(4):
+        layers += [kind(*args) for kind, args in zip(papers_order, [(1 if not layers else 8, 8, 3, 1, 1), (8,), (), (2,)])]
+    net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(8, 5)).to(F64)
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.track_running_stats, module.running_mean, module.running_var = False, None, None
+    with torch.no_grad():
+        for theirs, ours in zip(net.parameters(), learner.parameters(), strict=True):
+            theirs.copy_(ours)
+    if channels_last:
+        learner.to(memory_format=torch.channels_last)
+    episode = random_episode(batch=2, n_way=5, k_shot=1, q_query=3, item_shape=(1, 28, 28), seed=4)
+
+    expected = torch.cat([g.flatten() for g in _higher_meta_gradients(net, episode, steps, first_order, learner.inner_lr)])
+    got = torch.cat([g.flatten() for g in meta_gradients(learner, episode)])
+    assert float((got - expected).norm() / expected.norm()) <= 1e-10

@@ -20,50 +20,57 @@ and θ is meta-trained on the query loss of the adapted model (eq. 1 of MAML):
   meta-trained jointly with θ (eq. 3-4 of Meta-SGD), ``∘`` the element-wise product.
 
 The backbone is used unchanged, through :func:`torch.func.functional_call` with the adapted
-parameters; no "meta" layers. The meta-batch of B tasks is vectorized with :func:`torch.func.vmap`
-over the task dimension (``torch.func.grad`` inside ``vmap``), so the B inner loops run as one
-batched computation; a per-task Python loop computes exactly the same thing and is the fallback
-for backbones that ``vmap`` cannot batch (``task_batching="auto"`` switches with a warning).
+parameters; no "meta" layers. The meta-batch of B tasks is adapted either one task at a time (a
+Python loop) or vectorized with :func:`torch.func.vmap` over the task dimension
+(``torch.func.grad`` inside ``vmap``); both compute the same thing, and ``task_batching="auto"``
+picks the faster for the device (:func:`auto_vmaps`: the loop on the CPU, vmap elsewhere, with
+the loop as the fallback for backbones that ``vmap`` cannot batch).
 
 **Batch norm** uses the statistics of the batch it normalizes, in training and evaluation alike,
 as in the paper's reference implementation: the support items of a task during adaptation, the
 query items of that task for the prediction (so predictions are transductive over a task's
 queries). Running statistics are neither read nor updated (MAML never uses them, and updating
-them in place is impossible under ``vmap``). Inside the learner, ``F.batch_norm`` is computed
-from its definition ``γ (x − mean) / sqrt(var + ε) + β`` (biased variance over the batch and
-spatial dims) instead of the fused kernel: in torch 2.14, ``vmap`` of the fused kernel's double
-backward gives wrong meta-gradients (see pytorch/functorch#534; off by ~1e-2 in float64 against
-finite differences), and both task paths use the same definition so they agree.
+them in place is impossible under ``vmap``). The loop uses the fused batch-norm kernel. Under
+``vmap`` ``F.batch_norm`` is computed from its definition ``γ (x − mean) / sqrt(var + ε) + β``
+(biased variance over the batch and spatial dims) instead: in torch 2.14, ``vmap`` of the fused
+kernel's double backward gives wrong meta-gradients (see pytorch/functorch#534; off by ~1e-2 in
+float64 against finite differences). The two paths agree to rounding (tested in float64).
+
+**Precision and memory format.** The learner runs under the engine's ``train.precision`` and
+``train.channels_last`` (fewcore.engine's ``ComputeMode``; on a CPU with native bfloat16 the
+defaults are bfloat16 autocast and channels-last). Two things are the learner's own: (1) the
+adaptation (the support passes and their gradients) always runs in float32, the query pass in
+the autocast precision. Rounding in the inner loop compounds over the steps and the
+meta-gradient amplifies it: with everything under bfloat16 the meta-gradient of 5 inner steps
+(Conv4, Omniglot, 8 tasks) had a cosine similarity of only 0.64 with the exact one (0.95 with 2
+steps); with a float32 adaptation 0.92 (0.998), at a cost of 2–14% of the step. (2) Images are
+laid out channels-last per task when the model's convolutions are (see
+``_in_model_memory_format``), so that every block, not only those after the first, runs
+channels-last.
 
 Episodes with fewer classes than ``n_way`` use the first N outputs of the head (labels are
 arbitrary per episode, so any N units serve equally).
 
-**Performance note (CPU).** ``vmap`` saves the Python and dispatch work of the per-task loop,
-and nothing else: the arithmetic and the memory traffic are the same. Measured on Conv4,
-Omniglot 5-way 1-shot, 5 queries, meta-batch 32, one thread (benchmarks/test_bench_maml.py):
-that work is about 0.3 CPU s per meta-step for the loop (one inner step, second order; timed
-2026-12-02 with a 1-channel Conv4 on 16×16 images, which leaves only the overhead:
-``test_maml_per_task_overhead``) against 0.03 s vmapped, about 13% of the loop's 2.5 s step with
-64 channels on 28×28 images. The
-arithmetic alone (2.2 s) is more than half of the loop's step, so no vmap can reach 2× the loop
-here: without any overhead it would be 1.13×. (On 2026-11-22, on a loaded machine: 1 s of a
-~4.5 s step.) Batching all 32 tasks at once costs more than it saves:
-every activation becomes 32× larger (160 MB instead of 5 MB for the first block), falls out of
-the caches, and glibc returns allocations above 32 MB to the system, so each step page-faults
-about 3 GB back in (≈ 820,000 minor faults per step, against ≈ 4,000 for the loop; with
-``MALLOC_MMAP_THRESHOLD_`` raised they vanish and the step is ~20% faster). The whole-batch
-vmap also moves activations between the grouped convolution's ``[n, task·C, H, W]`` layout and
-the ``[task·n, C, H, W]`` layout of batch norm and max-pooling (copies at every block); on
-2026-12-02 it ran at 0.27–0.29× the loop. Vmapping a few tasks at a time (``tasks_per_vmap``;
-the default on the CPU is :data:`CPU_TASKS_PER_VMAP`) keeps the tensors cache-sized and the
-overhead low: 0.95–1.01× the loop on 2026-12-02, 1.03–1.44× on 2026-11-22 (benchmarks/README.md).
-On a GPU (not measured here) the default batches the whole meta-batch.
+**Performance note (CPU).** Against higher 0.2.1 (the per-task loop of its MAML example, float32),
+benchmarks/peers/maml.py, 1 thread, Conv4 on 28×28 Omniglot, 5-way 1-shot 15-query, meta-batch
+32: see benchmarks/README.md for the tables. Where the time went, and what changed: the batch
+norm from its definition (kept only under vmap) cost about 1.4× the fused kernel on the loop;
+vmap saves only the loop's Python and dispatch work (0.3 of a 2.5 s step, 2026-12-02) while
+making every activation B times larger (out of cache, page-faulted back in at every step), so on
+the CPU the loop with the fused batch norm is the faster path; channels-last max-pooling is
+about 5× faster than channels-first on this CPU; bfloat16 autocast runs the convolutions on AMX;
+:func:`adapt` with :func:`torch.autograd.grad` instead of :func:`torch.func.grad` saves about
+1.3 ms of Python and dispatch work per 5-image support step on the loop. What remains is about
+half query pass (a Conv4 forward and backward over 75 images, which plain bfloat16 training
+runs at 2.2× float32 channels-first) and half the support passes, whose 5-image tensors leave
+their time to per-op overhead and the composite double backward of batch norm.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
@@ -78,10 +85,20 @@ from fewcore.episodes import check_episode, check_task_batch
 Params = dict[str, Tensor]
 TaskBatching = Literal["auto", "vmap", "loop"]
 
-#: Tasks per vmap chunk on the CPU when ``tasks_per_vmap`` is None. benchmarks/test_bench_maml.py,
-#: 2026-12-02, Conv4, meta-batch 32, 1 inner step, 1 thread: the whole meta-batch in one vmap ran
-#: at 0.27-0.29x the per-task loop, chunks of 4 at 0.95-1.01x.
+#: Tasks per vmap chunk on the CPU when vmap is asked for and ``tasks_per_vmap`` is None.
+#: benchmarks/test_bench_maml.py, 2026-12-02, Conv4, meta-batch 32, 1 inner step, 1 thread: the
+#: whole meta-batch in one vmap ran at 0.27-0.29x the per-task loop, chunks of 4 at 0.95-1.01x.
 CPU_TASKS_PER_VMAP = 4
+
+
+def auto_vmaps(device: torch.device) -> bool:
+    """Whether ``task_batching="auto"`` vectorizes the meta-batch on ``device``.
+
+    Not on the CPU, where the per-task loop with the fused batch norm is the faster path
+    (benchmarks/README.md, MAML); on accelerators, where the loop's many small kernel launches
+    dominate, vmap (not measured here: no GPU was available).
+    """
+    return device.type != "cpu"
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -92,6 +109,8 @@ def adapt(
     lrs: Mapping[str, float | Tensor],
     steps: int,
     first_order: bool,
+    *,
+    vmappable: bool = True,
 ) -> Params:
     """Run ``steps`` inner gradient-descent steps ``θ ← θ − α ∘ ∇_θ loss(θ)``.
 
@@ -104,12 +123,16 @@ def adapt(
         first_order: treat every inner gradient as a constant (FOMAML). Otherwise (and when
             autograd is recording) the result is differentiable through the gradients, so that
             the meta-gradient includes the second-order terms.
+        vmappable: compute the gradients with :func:`torch.func.grad`, which works under
+            :func:`torch.func.vmap`. ``False`` uses :func:`torch.autograd.grad` instead: the same
+            values with less Python and dispatch work per step (a 5-image Conv4 support step
+            cost 1.3 ms less of 4.4–6.1 ms), for callers that adapt one task at a time.
 
     Returns:
         The adapted parameters θ' with the same names and shapes as ``params``. Differentiable
         in ``params`` and in tensor ``lrs``.
     """
-    inner_grad = grad(loss)
+    inner_grad = grad(loss) if vmappable else _autograd_gradient(loss, create_graph=not first_order)
     for _ in range(steps):
         # The first-order gradient is evaluated at detached parameters: same value, but the
         # outer autograd records neither the inner forward nor its backward.
@@ -117,6 +140,20 @@ def adapt(
         grads = inner_grad(at)
         params = {name: p - lrs[name] * grads[name] for name, p in params.items()}
     return params
+
+
+def _autograd_gradient(loss: Callable[[Params], Tensor], create_graph: bool) -> Callable[[Params], Params]:
+    """``θ ↦ ∇_θ loss(θ)`` with :func:`torch.autograd.grad`, also under ``torch.no_grad()``
+    (as :func:`torch.func.grad`); ``create_graph`` keeps it differentiable (second order)."""
+
+    def gradient(params: Params) -> Params:
+        with torch.enable_grad():
+            # a parameter outside the recorded graph (detached, frozen) becomes a leaf to differentiate
+            at = {name: p if p.requires_grad else p.detach().requires_grad_() for name, p in params.items()}
+            grads = torch.autograd.grad(loss(at), list(at.values()), create_graph=create_graph)
+        return dict(zip(at, grads))
+
+    return gradient
 
 
 def _batch_norm_from_definition(
@@ -182,8 +219,9 @@ class MAML(Learner):
             is the buffer ``meta_training_steps``, saved with the learner so that resuming
             continues the schedule.
         task_batching: ``"vmap"`` vectorizes the meta-batch over tasks, ``"loop"`` adapts one
-            task at a time, ``"auto"`` uses vmap and falls back to the loop (with a warning)
-            when the backbone cannot be vmapped. Both give the same result.
+            task at a time, ``"auto"`` picks the faster one for the device (:func:`auto_vmaps`:
+            the loop on the CPU, vmap elsewhere, falling back to the loop with a warning when
+            the backbone cannot be vmapped). Both give the same result (up to rounding).
         tasks_per_vmap: with vmap, batch at most this many tasks at once (``vmap``'s
             ``chunk_size``; the chunks run one after the other). ``None``: the whole meta-batch
             on an accelerator, :data:`CPU_TASKS_PER_VMAP` tasks per chunk on the CPU, where a
@@ -262,13 +300,19 @@ class MAML(Learner):
         n_way: int,
         steps: int,
         first_order: bool,
+        vmappable: bool,
     ) -> Tensor:
-        """One task: adapt on ``[Ns, ...]`` / ``[Ns]``, then ``[Nq, n_way]`` query logits."""
+        """One task: adapt on ``[Ns, ...]`` / ``[Ns]``, then ``[Nq, n_way]`` query logits.
+
+        The adaptation runs in float32 under autocast (see the module docstring, "Precision");
+        the query pass in the autocast precision.
+        """
 
         def support_loss(p: Params) -> Tensor:
-            return F.cross_entropy(self._logits(p, support_x, n_way), support_y)
+            with torch.autocast(support_x.device.type, enabled=False):
+                return F.cross_entropy(self._logits(p, support_x, n_way), support_y)
 
-        adapted = adapt(support_loss, params, lrs, steps, first_order)
+        adapted = adapt(support_loss, params, lrs, steps, first_order, vmappable=vmappable)
         return self._logits(adapted, query_x, n_way)
 
     def adapted_logits(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, n_way: int) -> Tensor:
@@ -303,28 +347,61 @@ class MAML(Learner):
         first_order = self.first_order or warming_up or not torch.is_grad_enabled()
         params = dict(self.model.named_parameters())
         lrs = self.inner_lrs()
+        support_x, query_x = self._in_model_memory_format(support_x), self._in_model_memory_format(query_x)
 
-        def task(sx: Tensor, sy: Tensor, qx: Tensor) -> Tensor:
-            return self._task_logits(params, lrs, sx, sy, qx, n_way, steps, first_order)
+        def task(sx: Tensor, sy: Tensor, qx: Tensor, vmappable: bool = False) -> Tensor:
+            return self._task_logits(params, lrs, sx, sy, qx, n_way, steps, first_order, vmappable)
 
-        with _BatchStatisticsNorm():
-            if self.task_batching != "loop" and support_x.shape[0] > 1:
-                try:
-                    chunk = self.tasks_per_vmap
-                    if chunk is None and support_x.device.type == "cpu":
-                        chunk = CPU_TASKS_PER_VMAP
-                    return vmap(task, randomness="different", chunk_size=chunk)(support_x, support_y, query_x)
-                except (RuntimeError, NotImplementedError) as exc:
-                    if self.task_batching == "vmap":
-                        raise
-                    warnings.warn(
-                        f"MAML: vmap over tasks failed for this backbone ({type(exc).__name__}: {exc}); "
-                        "adapting one task at a time from now on (task_batching='loop' silences this)",
-                        RuntimeWarning,
-                        stacklevel=2,
+        if self._vmaps(support_x):
+            chunk = self.tasks_per_vmap
+            if chunk is None and support_x.device.type == "cpu":
+                chunk = CPU_TASKS_PER_VMAP
+            try:
+                # vmap needs the batch-norm definition (module docstring); the loop keeps the fused kernel
+                with _BatchStatisticsNorm():
+                    return vmap(partial(task, vmappable=True), randomness="different", chunk_size=chunk)(
+                        support_x, support_y, query_x
                     )
-                    self.task_batching = "loop"
-            return torch.stack([task(*t) for t in zip(support_x, support_y, query_x)])
+            except (RuntimeError, NotImplementedError) as exc:
+                if self.task_batching == "vmap":
+                    raise
+                warnings.warn(
+                    f"MAML: vmap over tasks failed for this backbone ({type(exc).__name__}: {exc}); "
+                    "adapting one task at a time from now on (task_batching='loop' silences this)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self.task_batching = "loop"
+        return torch.stack([task(*t) for t in zip(support_x, support_y, query_x)])
+
+    def _vmaps(self, support_x: Tensor) -> bool:
+        """Whether this meta-batch ``[B, ...]`` is vectorized over tasks (see ``task_batching``)."""
+        if support_x.shape[0] < 2 or self.task_batching == "loop":
+            return False
+        return self.task_batching == "vmap" or auto_vmaps(support_x.device)
+
+    def _in_model_memory_format(self, x: Tensor) -> Tensor:
+        """Per-task images ``[B, n, C, H, W]`` laid out channels-last when the model's convolutions are.
+
+        A convolution returns channels-last activations when its input or its weight is
+        channels-last. The adapted weights θ − α∇L lose the layout where it is ambiguous (a
+        1-channel first convolution), and a 1-channel image is both layouts at once, which torch
+        reads as channels-first: without this, the largest block of the network would run
+        channels-first (slower on the CPU) after the first inner step.
+        """
+        channels_last = any(
+            p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+            for p in self.model.parameters()
+        )
+        if x.dim() != 5 or not channels_last:
+            return x
+        # Laid out [B, n, H, W, C] in memory, so every task [n, C, H, W] is channels-last. Strides
+        # are set explicitly: .contiguous(memory_format=...) is a no-op where C = 1 (both layouts
+        # describe such a tensor), and views may rewrite the stride of a size-1 dimension.
+        tasks, items, channels, height, width = x.shape
+        pixel = height * width * channels
+        strides = (items * pixel, pixel, 1, width * channels, channels)
+        return torch.empty_strided(x.shape, strides, dtype=x.dtype, device=x.device).copy_(x)
 
     def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
         """Class scores of the adapted classifiers.
