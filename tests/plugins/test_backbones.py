@@ -37,10 +37,10 @@ def test_conv4_pooling_before_relu_equals_the_papers_order_to_second_derivatives
     """max(relu(x)) = relu(max(x)): the same outputs, gradients and Hessian-vector products
     (which MAML's meta-gradient takes) as the papers' [conv, BN, ReLU, pool] order."""
     torch.manual_seed(0)
-    backbone = Conv4(hidden_channels=8).double()
+    backbone = Conv4(hidden_channels=4).double()
     layers = list(backbone.features)
     papers = torch.nn.Sequential(*[m for i in range(0, 16, 4) for m in (layers[i], layers[i + 1], layers[i + 3], layers[i + 2])])
-    x = torch.randn(6, 1, 28, 28, dtype=torch.float64)
+    x = torch.randn(3, 1, 16, 16, dtype=torch.float64)
     params = list(backbone.parameters())
     direction = [torch.randn_like(p) for p in params]
     results = []
