@@ -16,7 +16,8 @@ TORCH_LIBRARY(fewcore, m) {
   m.def("pairwise_distance(Tensor x, Tensor y, int metric) -> Tensor");
   // grad [B,N,M], out = pairwise_distance(x, y) -> (grad_x, grad_y).
   m.def("_pairwise_distance_backward(Tensor grad, Tensor x, Tensor y, Tensor out, int metric) -> (Tensor, Tensor)");
-  // q [B,N,D], s [B,M,D], v [B,M,C] -> (out [B,N,C], lse [B,N]: log-sum-exp of each query's scores,
+  // q [B,N,D], s [B,M,D], v [B,M,C] -> (out [B,N,C], lse [B,N]: log-sum-exp of each query's scores
+  // in float64 whatever the inputs (math.h: log_sum_exp),
   // values: the metric's [B,N,M] values when save_values, else an empty [B,0,0]). Saving them
   // spares the backward a product as large as the forward's; for tasks whose scores fit in cache
   // (CPU only: the CUDA kernels always recompute).

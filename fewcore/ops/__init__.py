@@ -8,7 +8,8 @@ Conventions shared by both ops:
 
 * a 2-D argument is one task; mixing 2-D and 3-D arguments shares the 2-D one across the batch;
 * float16/bfloat16 inputs are accumulated in float32 and returned in their own dtype; under
-  autocast they are computed in float32 (as autocast does for ``torch.cdist``);
+  autocast they are computed in float32 (as autocast does for ``torch.cdist``), and so is a
+  backward run inside autocast (the kernels' products exclude it);
 * empty query sets (N = 0) give an empty result; empty support sets (M = 0) give an empty
   distance matrix, but are an error for ``episode_attention`` (a softmax over nothing);
 * NaN and Inf propagate as in the reference: a NaN in a query row poisons that row of the result.

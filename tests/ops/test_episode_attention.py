@@ -320,3 +320,14 @@ def test_cosine_of_huge_rows_is_finite() -> None:
     expected.sum().backward()
     for mine, theirs in zip((q, s, v), exact):
         torch.testing.assert_close(mine.grad.double(), theirs.grad, rtol=1e-4, atol=1e-5 * theirs.grad.abs().max().item())
+
+
+@pytest.mark.cuda
+def test_cuda_backward_refuses_a_cpu_gradient() -> None:
+    """A CPU grad_out handed to the CUDA backward would be read through a host pointer."""
+    q, s, v = (torch.randn(1, rows, 3, device="cuda") for rows in (2, 4, 4))
+    out, lse, values = torch.ops.fewcore.episode_attention(q, s, v, 0, 1.0)
+    with pytest.raises(RuntimeError, match="grad_out is on cpu but q is on cuda"):
+        torch.ops.fewcore._episode_attention_backward(out.cpu(), q, s, v, out, lse, values, 0, 1.0)
+    with pytest.raises(RuntimeError, match="lse is on cpu but q is on cuda"):
+        torch.ops.fewcore._episode_attention_backward(out, q, s, v, out, lse.cpu(), values, 0, 1.0)

@@ -284,3 +284,12 @@ def test_backward_refuses_arguments_on_another_device() -> None:
         torch.ops.fewcore._pairwise_distance_backward.default.redispatch(
             torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), out.to("meta"), x, y, out, 0
         )
+
+
+@pytest.mark.cuda
+def test_cuda_backward_refuses_a_cpu_gradient() -> None:
+    """A CPU grad handed to the CUDA backward would be read through a host pointer."""
+    x, y = torch.randn(1, 2, 3, device="cuda"), torch.randn(1, 4, 3, device="cuda")
+    out = torch.ops.fewcore.pairwise_distance(x, y, 0)
+    with pytest.raises(RuntimeError, match="grad is on cpu but x is on cuda"):
+        torch.ops.fewcore._pairwise_distance_backward(out.cpu(), x, y, out, 0)
