@@ -28,5 +28,8 @@ def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
     """Replace the marker with one ``:::`` block per built-in module."""
     if MARKER not in markdown:
         return markdown
-    blocks = [f"::: {name}\n    options:\n      show_root_heading: true\n" for name in builtin_modules()]
+    blocks = [
+        f"::: {name}\n    options:\n      show_root_heading: true\n      show_root_toc_entry: true\n"
+        for name in builtin_modules()
+    ]
     return markdown.replace(MARKER, "\n".join(blocks))
