@@ -199,7 +199,8 @@ def test_every_block_is_run_or_says_why_not(page: Path) -> None:
         )
         if block.directive is not None:
             assert block.directive in ("skip", "file", "setup"), f"{block.where}: unknown directive {block.directive!r}"
-            assert block.argument, f"{block.where}: 'docs-test: {block.directive}' needs a {'reason' if block.directive == 'skip' else 'argument'}"
+            needed = "a reason" if block.directive == "skip" else "an argument"
+            assert block.argument, f"{block.where}: 'docs-test: {block.directive}' needs {needed}"
         if block.directive == "file":
             assert f"`{block.argument}`" in block.text_before, (
                 f"{block.where}: the line before a file block must name the file for the reader, as `{block.argument}`"
