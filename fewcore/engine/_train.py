@@ -296,7 +296,7 @@ def _train(
     learner.train()
     iterator = iter(train_sampler)
     window = LogWindow()
-    if saved is not None and "log_window" in saved:  # absent from checkpoints of fewcore before 0.1.0
+    if saved is not None and "log_window" in saved:  # absent from a last.pt of an older development tree
         window.load_state_dict(saved["log_window"])
     recent: deque[tuple[float, float, int, float]] = deque(maxlen=50)  # loss, accuracy, episodes, seconds
     bar = tqdm(
