@@ -24,16 +24,20 @@ torch of this benchmark (2.14) has no ``Sampler.__init__`` taking that argument 
 while the sampler is built; nothing else of easyfsl is changed.
 
 Time is the process's CPU time (user + system; with one thread it is the work done, not the
-time spent waiting for a core on a shared machine), after ``--warmup`` steps. Each round runs
-every side for ``--steps`` episodes, sides in a rotating order; a ratio is taken per round (its
-sides ran back to back) and summarized as median (min–max) over rounds.
+time spent waiting for a core on a shared machine), after ``--warmup`` steps. A first, untimed
+round runs every side once (the first bfloat16 and channels-last calls of a process create
+their oneDNN kernels). Each round runs every side for ``--steps`` episodes, sides in a rotating
+order; a ratio is taken per round (its sides ran back to back) and summarized as median
+(min–max) over rounds.
 
     pip install -e '.[peers]'         # easyfsl, higher, torchvision
     FEWCORE_OMNIGLOT=../shared/data/omniglot python benchmarks/peers/protonet.py
 
 ``--omniglot`` (default ``$FEWCORE_OMNIGLOT``): ``images_background_small1.zip`` or the folder
-holding it. ``--rounds`` (default 5), ``--steps`` (default 30), ``--threads`` (default 1).
-About 5 minutes on one core.
+holding it. ``--modes`` adds fewcore learner sides in other compute modes (each compared with
+float32 channels-first), e.g. ``--modes fp32:channels-last,bf16:channels-first``.
+``--rounds`` (default 5), ``--steps`` (default 30), ``--threads`` (default 1).
+About 6 minutes of CPU time on one core.
 """
 
 from __future__ import annotations
@@ -221,6 +225,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="episodes per side per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of every side's round")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--modes", type=lambda text: text.split(","), default=[],
+        help="more fewcore learner sides, e.g. fp32:channels-last,bf16:channels-first,fp16:channels-last",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the per-round episodes/s here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -266,8 +274,14 @@ def main() -> None:
             "fewcore learner, pre-loaded (fp32, channels-first: before)": preloaded(lambda i: fewcore_fp32.step(episodes[i])),
             "easyfsl learner, pre-loaded": preloaded(lambda i: easy_preloaded.step(*easy_episodes[i])),
         }
+        for text in args.modes:
+            precision, _, layout = text.partition(":")
+            extra = FewcoreLearnerSide(ComputeMode.resolve(precision, layout == "channels-last", "cpu"))
+            sides[f"fewcore learner, pre-loaded ({extra.compute})"] = preloaded(lambda i, side=extra: side.step(episodes[i]))
         names = list(sides)
         rates: dict[str, list[float]] = {name: [] for name in names}
+        for name in names:  # the untimed warm-up round
+            cpu_seconds_after_warmup(sides[name], args.warmup)
         for round_index in range(args.rounds):
             order = names[round_index % len(names):] + names[: round_index % len(names)]
             for name in order:
@@ -285,6 +299,7 @@ def main() -> None:
         (names[2], "easyfsl learner, pre-loaded"),
         (names[3], "easyfsl learner, pre-loaded"),
         (names[2], names[3]),
+        *[(name, names[3]) for name in names[5:]],
     ]
     print("\n| side | episodes/s median (min–max) |\n| --- | --- |")
     for name in names:
