@@ -17,7 +17,7 @@ import torch
 
 import fewcore
 from fewcore import _extension
-from fewcore.cli import _data, _engine, _inspect
+from fewcore.cli import _data, _engine, _inspect, _zsl
 from fewcore.config import ConfigError
 from fewcore.engine._build import BuildError
 from fewcore.engine._checkpoint import CheckpointError
@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo_cmd.set_defaults(func=_engine.cmd_demo)
     _data.add_commands(commands)
+    _zsl.add_commands(commands)
     return parser
 
 

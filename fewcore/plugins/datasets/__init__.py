@@ -13,6 +13,7 @@ from fewcore.plugins.datasets.miniimagenet import MiniImageNet
 from fewcore.plugins.datasets.omniglot import Omniglot
 from fewcore.plugins.datasets.tensors import Tensors
 from fewcore.plugins.datasets.tieredimagenet import TieredImageNet
+from fewcore.plugins.datasets.xian import Xian
 
 __all__ = [
     "CUB",
@@ -25,6 +26,7 @@ __all__ = [
     "Omniglot",
     "Tensors",
     "TieredImageNet",
+    "Xian",
 ]
 
 
@@ -39,3 +41,4 @@ def fewcore_register_datasets(register: Register) -> None:
     register("cifar-fs", CifarFS)
     register("fc100", FC100)
     register("cub", CUB)
+    register("xian", Xian)

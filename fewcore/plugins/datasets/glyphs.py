@@ -8,6 +8,12 @@ moves the control points by Gaussian jitter, changes the pen width and applies a
 warp (rotation, scale, shear, translation). Splits are by alphabet, so test characters come from
 alphabets never seen in training, as in Omniglot's background/evaluation protocol.
 
+Each character is described by the parameters it was generated from (:data:`ATTRIBUTES`): its
+stroke count, how curved and how connected its strokes are, its alphabet's pen width, and where
+its strokes run (the share of its stroke skeleton in each cell of a coarse grid), so the dataset
+poses a zero-shot problem (:mod:`fewcore.zeroshot`): recognise drawings of characters known only
+by such a description.
+
 Drawings are rasterized in batches with an anti-aliased round pen: each stroke is sampled densely
 and a pixel's ink is ``clamp(w/2 + 1/2 - d, 0, 1)`` where ``d`` is its distance (in pixels) to
 the nearest sample and ``w`` the pen width — a few tensor operations for thousands of drawings.
@@ -26,6 +32,7 @@ from torch import Tensor
 
 from fewcore.plugins._seed import generator
 from fewcore.plugins.datasets._store import ClassStore, partition
+from fewcore.zeroshot import AttributeTable
 
 #: the most strokes a character has
 _MAX_STROKES = 4
@@ -33,6 +40,16 @@ _MAX_STROKES = 4
 _SEGMENTS = 6
 #: drawings rasterized per chunk (bounds the temporaries to a few MB)
 _CHUNK = 256
+#: cells per side of the grid a character's skeleton is located on in its description
+_GRID = 6
+#: the names of a character's description, in order (``ATTRIBUTES`` of every class)
+ATTRIBUTES: tuple[str, ...] = (
+    *(f"strokes={n}" for n in range(1, _MAX_STROKES + 1)),
+    "curvature",
+    "connected",
+    "pen_width",
+    *(f"ink_row{r}_col{c}" for r in range(_GRID) for c in range(_GRID)),
+)
 
 
 def _bezier(control: Tensor, t: Tensor) -> Tensor:
@@ -168,6 +185,46 @@ def _rasterize(points: Tensor, mask: Tensor, width: Tensor, image_size: int) -> 
     return out[:-1].view(m, image_size, image_size)
 
 
+def _describe(strokes: Tensor, mask: Tensor, width: float) -> Tensor:
+    """The descriptions (:data:`ATTRIBUTES`) of one alphabet's characters, from their generator parameters.
+
+    Args:
+        strokes: ``[C, S, 3, 2]`` centred control points, as :func:`_characters` returns them.
+        mask: ``[C, S]`` strokes in use.
+        width: the alphabet's pen width in pixels at 28 px.
+
+    Returns:
+        ``[C, len(ATTRIBUTES)]``: one-hot stroke count; mean bend of the strokes relative to
+        their chord ``|p1 - (p0 + p2)/2| / |p2 - p0|``; share of strokes after the first that
+        start on the stroke before; pen width / 2.6 (its largest value); share of the skeleton's
+        points in each grid cell, row by row from the top left.
+    """
+    used = mask.float()
+    n_strokes = mask.sum(dim=1)
+    count = torch.nn.functional.one_hot(n_strokes - 1, _MAX_STROKES).float()
+    p0, p1, p2 = strokes[..., 0, :], strokes[..., 1, :], strokes[..., 2, :]
+    bend = (p1 - (p0 + p2) / 2).norm(dim=-1) / (p2 - p0).norm(dim=-1).clamp_min(1e-6)
+    curvature = (bend * used).sum(dim=1) / n_strokes
+    skeleton = _bezier(strokes, torch.linspace(0, 1, 33))  # [C, S, 33, 2]
+    # a connected stroke starts exactly on its predecessor's curve (see _characters)
+    gap = (skeleton[:, :-1] - p0[:, 1:, None, :]).norm(dim=-1).amin(dim=-1)  # [C, S-1]
+    joined = ((gap < 0.02).float() * used[:, 1:]).sum(dim=1) / (n_strokes - 1).clamp_min(1)
+    cell = ((skeleton + 1) / 2 * _GRID).floor().long().clamp(0, _GRID - 1)
+    flat = torch.nn.functional.one_hot(cell[..., 1] * _GRID + cell[..., 0], _GRID * _GRID).float()
+    ink = (flat * used[:, :, None, None]).sum(dim=(1, 2))
+    ink = ink / ink.sum(dim=1, keepdim=True)
+    pen = torch.full_like(curvature, width / 2.6)
+    return torch.cat([count, curvature[:, None], joined[:, None], pen[:, None], ink], dim=1)
+
+
+@functools.lru_cache(maxsize=4)
+def _descriptions(seed: int, alphabets: int, characters: int) -> Tensor:
+    """``[alphabets, characters, len(ATTRIBUTES)]`` every character's description."""
+    # Each alphabet's generator draws its characters first, so replaying that draw gives the
+    # very characters _generate drew.
+    return torch.stack([_describe(*_characters(generator(seed, a), characters)) for a in range(alphabets)])
+
+
 @functools.lru_cache(maxsize=4)
 def _generate(seed: int, alphabets: int, characters: int, drawings: int, image_size: int, jitter: float) -> Tensor:
     """``[alphabets, characters, drawings, 1, H, W]`` uint8 glyph images (255 = ink)."""
@@ -193,6 +250,7 @@ class Glyphs(ClassStore):
 
     Class names are ``"alphabetAAA/characterCC"``. Items are ``[1, H, W]`` float32 images with
     ink 1 on background 0. Generation is deterministic: the same arguments give identical tensors.
+    ``attributes`` describes every character by its generator parameters (:data:`ATTRIBUTES`).
 
     Args:
         alphabets: number of alphabets.
@@ -242,3 +300,4 @@ class Glyphs(ClassStore):
             for split, part in zip(("train", "val", "test"), partition(names, fractions, seed))
         }
         super().__init__(items, splits)
+        self.attributes = AttributeTable(items, _descriptions(seed, alphabets, characters).flatten(0, 1))

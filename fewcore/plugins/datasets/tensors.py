@@ -8,6 +8,10 @@ Given only ``x`` and ``y``, the classes (not the items) are split 60/20/20 into 
 validation and test by a seeded shuffle (``fractions=(0.6, 0.2, 0.2)``, ``seed=0``), and the
 split is logged as a warning (shown by default) so that it is never applied unseen; pass
 ``splits`` to choose the classes of each split yourself.
+
+Classes may carry descriptions for zero-shot learning (:mod:`fewcore.zeroshot`): ``attributes``,
+a ``[C, A]`` class-attribute matrix whose row i describes the i-th of the distinct labels in
+sorted order (so with labels 0..C-1, row c describes label c), or a mapping label → vector.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 from torch import Tensor
 
 from fewcore.plugins.datasets._store import ClassStore, choose_splits
+from fewcore.zeroshot import AttributeTable
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +48,25 @@ def _load(path: str | os.PathLike[str]) -> tuple[Any, Any]:
     return saved["x"], saved["y"]
 
 
+def _attribute_table(
+    attributes: Tensor | np.ndarray | Sequence[Sequence[float]] | Mapping[int | str, Any], labels: list[Any]
+) -> AttributeTable:
+    """The class descriptions as a table; ``labels`` are the distinct labels in sorted order."""
+    if isinstance(attributes, Mapping):
+        keys = list(attributes)
+        missing = sorted({str(v) for v in labels} - {str(k) for k in keys})
+        if missing:
+            raise ValueError(f"tensors: attributes describe no vector for labels {missing[:5]}; give one per class")
+        return AttributeTable(keys, torch.stack([torch.as_tensor(attributes[k]).float() for k in keys]))
+    matrix = torch.as_tensor(np.asarray(attributes)).float()
+    if matrix.ndim != 2 or matrix.shape[0] != len(labels):
+        raise ValueError(
+            f"tensors: attributes must be a [classes, A] matrix with one row per distinct label ({len(labels)}, "
+            f"in sorted order); got shape {tuple(matrix.shape)}"
+        )
+    return AttributeTable(labels, matrix)
+
+
 class Tensors(ClassStore):
     """A dataset from items and labels held in memory.
 
@@ -58,6 +82,9 @@ class Tensors(ClassStore):
             seeded split of the classes by ``fractions`` (60/20/20 by default), logged as a warning.
         fractions: (train, val, test) fractions of the classes, when ``splits`` is None.
         seed: seed of the split by fractions.
+        attributes: class descriptions, kept as ``self.attributes``: a ``[C, A]`` matrix, row i
+            for the i-th distinct label in sorted order, or a mapping label → ``[A]`` vector.
+            ``None``: the classes are not described (``self.attributes`` is ``None``).
 
     Example:
         >>> ds = fewcore.create("dataset", "tensors", x=features, y=labels,
@@ -72,6 +99,7 @@ class Tensors(ClassStore):
         splits: Mapping[str, Sequence[int | str]] | None = None,
         fractions: Sequence[float] = (0.6, 0.2, 0.2),
         seed: int = 0,
+        attributes: Tensor | np.ndarray | Sequence[Sequence[float]] | Mapping[int | str, Any] | None = None,
     ) -> None:
         if path is not None:
             if x is not None or y is not None:
@@ -82,7 +110,8 @@ class Tensors(ClassStore):
         items = torch.as_tensor(x)
         if items.dtype != torch.uint8:
             items = items.float()
-        labels = [str(v) for v in (y.tolist() if isinstance(y, (Tensor, np.ndarray)) else y)]
+        raw_labels = y.tolist() if isinstance(y, (Tensor, np.ndarray)) else list(y)
+        labels = [str(v) for v in raw_labels]
         if items.ndim < 2:
             raise ValueError(f"tensors: x must be [n, *item_shape] with at least 2 dims; got shape {tuple(items.shape)}")
         if len(labels) != items.shape[0]:
@@ -102,3 +131,4 @@ class Tensors(ClassStore):
                 ", ".join(f"{split} {len(names)}" for split, names in chosen.items()),
             )
         super().__init__(per_class, chosen)
+        self.attributes = None if attributes is None else _attribute_table(attributes, sorted(set(raw_labels)))
