@@ -6,6 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fewcore._plugins import (
     Component,
+    PluginInfo,
     PluginLoadError,
     Registry,
     RegistryError,
@@ -31,6 +32,7 @@ __all__ = [
     "FewShotDataset",
     "Learner",
     "LearnerOutput",
+    "PluginInfo",
     "PluginLoadError",
     "Registry",
     "RegistryError",

@@ -23,6 +23,10 @@ What is checked:
   ``logits [B, N*Q, N]`` and a scalar loss, finite; the loss reaches every parameter (backbone
   included) with finite gradients; ``predict`` gives
   ``[B, Nq, N]`` scores ranking classes as ``forward`` does; the same seed gives the same numbers.
+* datasets: ``item_shape`` is a tuple of positive ints; ``train``/``val``/``test`` name disjoint,
+  unique classes and an unknown split is a ``ValueError``; ``items`` are float32
+  ``[n, *item_shape]``, finite, the same on every call; an unknown class is an error; the same
+  config builds the same classes.
 * samplers: episodes of the promised shapes from the requested split's classes only, each class
   with K support and Q query items under one shuffled label; the same seed gives the same
   episodes, another seed others; ``state_dict`` resumes the stream exactly and survives a
@@ -33,20 +37,27 @@ from __future__ import annotations
 
 import io
 import itertools
+from collections.abc import Iterator
 from typing import Any, Callable, Sequence
 
+import pytest
 import torch
 from torch import Tensor, nn
 
+from fewcore._plugins import Registry, get_plugin_manager, use_registry
 from fewcore._types import Backbone, Episode, EpisodeSampler, FewShotDataset, Learner, LearnerOutput
 
 __all__ = [
     "ToyDataset",
     "check_backbone",
+    "check_dataset",
     "check_learner",
     "check_sampler",
     "random_episode",
 ]
+
+# This module is also a pytest plugin (entry point ``pytest11``: ``fewcore.testing``), so any
+# project with fewcore installed gets the fixtures below without a conftest.
 
 
 def _name(factory: Callable[..., Any]) -> str:
@@ -512,3 +523,94 @@ def _check_episode(
         query_items = set(episode.query_x[task].flatten(1)[:, 0].tolist())
         if len(support_items) != n_way * k_shot or support_items & query_items:
             raise AssertionError(f"{where}, task {task}: an item is repeated within the support set or also a query")
+
+
+def check_dataset(
+    dataset: FewShotDataset | Callable[..., FewShotDataset],
+    *,
+    classes_per_split: int = 3,
+    **config: Any,
+) -> FewShotDataset:
+    """Check a dataset against the :class:`~fewcore.FewShotDataset` contract.
+
+    Args:
+        dataset: a dataset, or its factory, called as ``factory(**config)`` (twice: the same
+            config must give the same classes).
+        classes_per_split: how many classes of each split have their items read and checked.
+        **config: keyword arguments for the factory.
+
+    Returns:
+        The dataset checked.
+
+    Raises:
+        AssertionError: a broken contract, explained.
+    """
+    factory = None if isinstance(dataset, FewShotDataset) else dataset
+    built = dataset if factory is None else factory(**config)
+    who = _name(factory) if factory is not None else type(built).__name__
+    if not isinstance(built, FewShotDataset):
+        raise AssertionError(f"{who} built a {type(built).__name__}, not a fewcore.FewShotDataset subclass")
+    shape = built.item_shape
+    if not isinstance(shape, tuple) or not shape or not all(isinstance(n, int) and n > 0 for n in shape):
+        raise AssertionError(f"{who}.item_shape must be a non-empty tuple of positive ints; got {shape!r}")
+
+    splits = {split: built.classes(split) for split in ToyDataset.SPLITS}
+    for split, names in splits.items():
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise AssertionError(f"{who}.classes({split!r}) must be a list of class names (str); got {names!r:.80}")
+        if len(set(names)) != len(names):
+            raise AssertionError(f"{who}.classes({split!r}) names a class twice")
+    if not any(splits.values()):
+        raise AssertionError(f"{who} has no class in any split")
+    for first, second in itertools.combinations(ToyDataset.SPLITS, 2):
+        shared = sorted(set(splits[first]) & set(splits[second]))
+        if shared:
+            raise AssertionError(f"{who}: classes {shared[:3]} are in both the {first!r} and the {second!r} split")
+    try:
+        built.classes("no-such-split")
+    except ValueError:
+        pass
+    else:
+        raise AssertionError(f"{who}.classes('no-such-split') must raise ValueError for an unknown split")
+
+    for split, names in splits.items():
+        for name in names[:classes_per_split]:
+            items = built.items(name)
+            what = f"{who}.items({name!r}) of the {split!r} split"
+            if not isinstance(items, Tensor) or items.dtype != torch.float32:
+                raise AssertionError(f"{what} must be a float32 tensor; got {getattr(items, 'dtype', type(items).__name__)}")
+            if items.dim() != 1 + len(shape) or tuple(items.shape[1:]) != shape or items.shape[0] < 1:
+                raise AssertionError(f"{what} has shape {tuple(items.shape)}; expected [n >= 1, *item_shape] = [n, *{shape}]")
+            _assert_finite(items, what)
+            _assert_equal(built.items(name), items, f"{what}: a second call gave other items")
+    try:
+        built.items("no-such-class")
+    except (KeyError, ValueError):
+        pass
+    else:
+        raise AssertionError(f"{who}.items('no-such-class') must raise KeyError or ValueError for an unknown class")
+
+    if factory is not None:
+        again = factory(**config)
+        for split, names in splits.items():
+            if again.classes(split) != names:
+                raise AssertionError(f"{who}: the same config gave other {split!r} classes on a second build")
+    return built
+
+
+@pytest.fixture
+def fewcore_registry() -> Iterator[Registry]:
+    """A fresh registry of the installed plugins' components, current for the test.
+
+    Components a test adds (``fewcore_registry.add(Component(...))``) are seen by
+    :func:`fewcore.create`, the engine and the CLI until the test ends; nothing else changes.
+    """
+    registry = Registry.from_plugins(*get_plugin_manager())
+    with use_registry(registry):
+        yield registry
+
+
+@pytest.fixture
+def toy_dataset() -> ToyDataset:
+    """A :class:`ToyDataset`: 6 classes per split, 8 items of shape ``(1, 4, 4)`` each."""
+    return ToyDataset()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import sys
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -10,10 +12,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fewcore import Backbone, Episode, EpisodeSampler, FewShotDataset, Learner, LearnerOutput
-from fewcore.testing import ToyDataset, check_backbone, check_learner, check_sampler, random_episode
+from fewcore import Backbone, Episode, EpisodeSampler, FewShotDataset, LearnerOutput
 from fewcore.plugins.backbones import MLP
 from fewcore.plugins.learners.protonet import PrototypicalNetworks
+from fewcore.testing import ToyDataset, check_backbone, check_dataset, check_learner, check_sampler, random_episode
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+pytest_plugins = ["pytester"]
 
 # --- backbones -------------------------------------------------------------------------------
 
@@ -252,3 +261,91 @@ def test_toy_dataset_items_tell_their_class() -> None:
     items = torch.stack([dataset.items(name) for name in dataset.classes("test")])  # [2, 3, 1, 2, 2]
     assert dataset.class_of(items).tolist() == [[4, 4, 4], [5, 5, 5]]
     assert len({float(x) for x in itertools.chain.from_iterable(items.flatten(2)[..., 0].tolist())}) == 6
+
+
+# --- datasets --------------------------------------------------------------------------------
+
+
+class OverlappingSplits(ToyDataset):
+    def classes(self, split: str) -> list[str]:
+        return super().classes("train") if split == "val" else super().classes(split)
+
+
+class IntegerItems(ToyDataset):
+    def items(self, class_name: str) -> Tensor:
+        return super().items(class_name).long()
+
+
+class WrongItemShape(ToyDataset):
+    def items(self, class_name: str) -> Tensor:
+        return super().items(class_name).flatten(1)
+
+
+class AnySplit(ToyDataset):
+    def classes(self, split: str) -> list[str]:
+        return super().classes(split) if split in self.SPLITS else []
+
+
+class Unstable(ToyDataset):
+    built = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        Unstable.built += 1
+        self.shift = Unstable.built
+
+    def classes(self, split: str) -> list[str]:
+        names = super().classes(split)
+        return names[self.shift % 2 :] + names[: self.shift % 2]
+
+
+def test_check_dataset_passes_correct_datasets(toy_dataset: ToyDataset) -> None:
+    assert check_dataset(toy_dataset) is toy_dataset
+    assert isinstance(check_dataset(ToyDataset, classes_per_split=2, item_shape=(3,)), ToyDataset)
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        (OverlappingSplits, r"classes \['class000', 'class001', 'class002'\] are in both the 'train' and the 'val' split"),
+        (IntegerItems, "must be a float32 tensor; got torch.int64"),
+        (WrongItemShape, r"has shape \(8, 16\); expected \[n >= 1, \*item_shape\]"),
+        (AnySplit, "must raise ValueError for an unknown split"),
+        (Unstable, "the same config gave other 'train' classes on a second build"),
+    ],
+)
+def test_check_dataset_catches(factory: Any, message: str) -> None:
+    with pytest.raises(AssertionError, match=message):
+        check_dataset(factory)
+
+
+# --- the pytest plugin -----------------------------------------------------------------------
+
+
+def test_the_fixtures_reach_a_test_suite_through_the_plugin(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import fewcore
+        from fewcore import Component, PluginInfo
+        from fewcore.testing import ToyDataset, check_dataset
+
+        def test_registry(fewcore_registry):
+            assert "conv4" in fewcore_registry.names("backbone")
+            fewcore_registry.add(Component("dataset", "mine", ToyDataset, PluginInfo("t", "t-dist", "1")))
+            assert isinstance(fewcore.create("dataset", "mine"), ToyDataset)
+
+        def test_mine_is_gone():
+            assert "mine" not in fewcore.list_components("dataset")
+
+        def test_toy_data(toy_dataset):
+            check_dataset(toy_dataset)
+        """
+    )
+    pytester.runpytest("-p", "fewcore.testing", "-p", "no:cacheprovider").assert_outcomes(passed=3)
+
+
+def test_fewcore_testing_is_declared_as_a_pytest_plugin() -> None:
+    # The entry point pytest finds it by; it has the module's name, so `-p fewcore.testing` (in
+    # pyproject's addopts) and the entry point load it once between them.
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    assert pyproject["project"]["entry-points"]["pytest11"] == {"fewcore.testing": "fewcore.testing"}
