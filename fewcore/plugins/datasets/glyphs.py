@@ -300,4 +300,4 @@ class Glyphs(ClassStore):
             for split, part in zip(("train", "val", "test"), partition(names, fractions, seed))
         }
         super().__init__(items, splits)
-        self.attributes = AttributeTable(items, _descriptions(seed, alphabets, characters).flatten(0, 1))
+        self.attributes = AttributeTable(list(items), _descriptions(seed, alphabets, characters).flatten(0, 1))

@@ -109,7 +109,8 @@ class Xian(ClassStore):
         else:
             train, val = self._seen, []
         items = {names[c]: x[torch.as_tensor(labels == c)] for c in range(len(names)) if (labels == c).any()}
-        super().__init__(items, {"train": [names[c] for c in train], "val": [names[c] for c in val], "test": [names[c] for c in self._unseen]})
+        by_split = {"train": train, "val": val, "test": self._unseen}
+        super().__init__(items, {split: [names[c] for c in classes] for split, classes in by_split.items()})
         self.attributes = AttributeTable(names, att.T)
 
     def zero_shot_split(self) -> ZeroShotSplit:
