@@ -25,8 +25,8 @@ ROOT = Path(__file__).parent.resolve()
 def _find_cuda_home() -> str | None:
     """The CUDA toolkit root, or None.
 
-    torch guesses the root from ``which nvcc``; where that nvcc is a wrapper script (as in
-    /usr/local/bin here) the guess is wrong, so look for a directory that really holds a toolkit.
+    torch guesses the root from ``which nvcc``; where that nvcc is a wrapper script outside the
+    toolkit the guess is wrong, so look for a directory that really holds a toolkit.
     """
     candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
     nvcc = shutil.which("nvcc")
