@@ -29,6 +29,9 @@ from torch import Tensor, nn
 import fewcore
 from fewcore.zeroshot._model import ZeroShotModel, check_fit
 
+#: items embedded per backbone call when scoring (bounds a backbone's activations on large test sets)
+_SCORE_CHUNK = 1024
+
 
 class Compatibility(ZeroShotModel):
     """Bilinear compatibility ``θ(x)ᵀ W φ(y)`` trained with a softmax over the seen classes.
@@ -114,5 +117,6 @@ class Compatibility(ZeroShotModel):
         if self.W.numel() == 0:
             raise RuntimeError("compat: call fit() before scores()")
         described = self._describe(attributes)
-        chunks = [self.backbone(x[i : i + 1024].float()) @ self.W @ described.T for i in range(0, x.shape[0], 1024)]
+        step = _SCORE_CHUNK
+        chunks = [self.backbone(x[i : i + step].float()) @ self.W @ described.T for i in range(0, x.shape[0], step)]
         return torch.cat(chunks)

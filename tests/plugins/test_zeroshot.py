@@ -221,6 +221,10 @@ def test_xian_errors_name_the_problem(tmp_path: Path) -> None:
     savemat(tmp_path / "CUB" / "att_splits.mat", {"att": np.ones((3, 20)), "trainval_loc": [[1]]})
     with pytest.raises(ValueError, match=r"lacks \['test_seen_loc', 'test_unseen_loc'\]"):
         fewcore.create("dataset", "xian", root=str(tmp_path / "CUB"))
+    locations = {"trainval_loc": [[1]], "test_seen_loc": [[2]], "test_unseen_loc": [[401]]}  # 400 images
+    savemat(tmp_path / "CUB" / "att_splits.mat", {"att": np.ones((3, 20)), **locations})
+    with pytest.raises(ValueError, match=r"test_unseen_loc must hold image numbers 1..400 \(counted from 1\); got 401..401"):
+        fewcore.create("dataset", "xian", root=str(tmp_path / "CUB"))
 
 
 def test_cli_runs_the_xian_config_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -53,7 +53,9 @@ def _loadmat(path: Path, needed: tuple[str, ...]) -> dict[str, Any]:
 def _locations(arrays: dict[str, Any], name: str, n_images: int) -> np.ndarray:
     """0-based image indices from a 1-based ``*_loc`` array."""
     loc = np.asarray(arrays[name]).astype(np.int64).ravel() - 1
-    if loc.size == 0 or loc.min() < 0 or loc.max() >= n_images:
+    if loc.size == 0:
+        raise ValueError(f"xian: {name} is empty; it must list the image numbers (1..{n_images}) of its part")
+    if loc.min() < 0 or loc.max() >= n_images:
         raise ValueError(f"xian: {name} must hold image numbers 1..{n_images} (counted from 1); got {loc.min() + 1}..{loc.max() + 1}")
     return loc
 
