@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo_cmd.set_defaults(func=_engine.cmd_demo)
     _data.add_commands(commands)
-    _zsl.add_commands(commands)
+    _add_overrides(_zsl.add_commands(commands))
     return parser
 
 

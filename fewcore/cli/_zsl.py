@@ -10,18 +10,16 @@ from typing import Any
 from fewcore.zeroshot import load_zero_shot_config, run_zero_shot
 
 
-def add_commands(commands: Any) -> None:
-    """Add the ``zsl`` command to the ``fewcore`` subparsers ``commands``."""
+def add_commands(commands: Any) -> argparse.ArgumentParser:
+    """Add the ``zsl`` command to the ``fewcore`` subparsers ``commands``; returns its parser
+    (to which the caller adds the options every config command shares, such as ``--set``)."""
     zsl = commands.add_parser(
         "zsl", help="zero-shot: fit on seen classes, report ZSL and GZSL accuracy (Xian et al. 2018) with 95%% intervals"
     )
-    zsl.add_argument("config", type=Path, help="a zero-shot TOML config (see configs/*zsl*.toml)")
-    zsl.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-        help="override a config value, e.g. --set model.lam=0.1 (repeatable)",
-    )
+    zsl.add_argument("config", type=Path, help="a zero-shot TOML config (see configs/zsl/)")
     zsl.add_argument("--json", action="store_true", help="machine-readable output")
     zsl.set_defaults(func=cmd_zsl)
+    return zsl
 
 
 def cmd_zsl(args: argparse.Namespace) -> int:
