@@ -21,7 +21,7 @@ def omniglot_dir() -> Path:
     data = os.environ.get(DATA_ENV)
     if not data:
         pytest.skip(f"{DATA_ENV} is not set: set it to the folder that holds omniglot/images_background_small1.zip")
-    folder = Path(data) / "omniglot"
+    folder = Path(data).resolve() / "omniglot"
     if not (folder / "images_background_small1.zip").exists():
         pytest.skip(f"Omniglot subsets not found in {folder} ({DATA_ENV}={data})")
     return folder
