@@ -29,9 +29,12 @@ class Register(Protocol):
 def fewcore_register_backbones(register: Register) -> None:
     """Register backbones: networks that map inputs to embeddings.
 
-    :param register: call ``register(name, factory)`` once per backbone. ``factory(**config)``
-        returns a :class:`fewcore.Backbone` (an ``nn.Module`` mapping ``[B, *input_shape]`` to
-        ``[B, E]`` that reports ``E`` through ``embedding_size(input_shape)``).
+    :param register: call ``register(name, factory)`` once per backbone. The engine calls
+        ``factory(item_shape=..., **config)`` with the dataset's item shape (``item_shape=None``
+        without a dataset); it returns a :class:`fewcore.Backbone` (an ``nn.Module`` mapping
+        ``[B, *input_shape]`` to ``[B, E]`` that reports ``E`` through
+        ``embedding_size(input_shape)``, and optionally hands out feature maps
+        ``[B, *feature_shape]`` through ``forward_features``).
 
     Added in fewcore 0.1.
     """
@@ -54,9 +57,12 @@ def fewcore_register_samplers(register: Register) -> None:
 def fewcore_register_learners(register: Register) -> None:
     """Register learners: few-shot methods that turn an episode batch into query logits and a loss.
 
-    :param register: call ``register(name, factory)`` once per learner. ``factory(backbone=...,
-        **config)`` returns a :class:`fewcore.Learner` whose ``forward(episode)`` returns a
-        :class:`fewcore.LearnerOutput` with ``logits [B, N*Q, N]`` and a scalar ``loss``.
+    :param register: call ``register(name, factory)`` once per learner. The engine calls
+        ``factory(backbone=..., item_shape=..., **config)`` with the dataset's item shape; it
+        returns a :class:`fewcore.Learner` that keeps ``backbone`` as its ``.backbone`` and
+        whose ``forward(episode)`` returns a :class:`fewcore.LearnerOutput` with
+        ``logits [B, N*Q, N]`` and a scalar ``loss``. :mod:`fewcore.episodes` has the input
+        checks and batched embedding most learners need.
 
     Added in fewcore 0.1.
     """
