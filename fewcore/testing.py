@@ -316,7 +316,7 @@ def check_learner(
 def _backbone_of(learner: Learner, who: str) -> Backbone:
     """The learner's ``backbone`` attribute (where ``factory(backbone=...)`` keeps it)."""
     backbone = getattr(learner, "backbone", None)
-    if not isinstance(backbone, nn.Module):
+    if not isinstance(backbone, Backbone):
         raise AssertionError(f"{who} must keep the backbone it was built with as its .backbone attribute")
     return backbone
 

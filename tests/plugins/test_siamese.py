@@ -12,9 +12,8 @@ from torch import Tensor
 
 import fewcore
 from fewcore import Episode, ops
-from fewcore.testing import random_episode
 from fewcore.plugins.learners.siamese import SiameseNetwork, balanced_pairs, class_scores, contrastive_loss
-
+from fewcore.testing import random_episode
 
 # Tiny models: a second intra-op thread only adds synchronisation (see tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("one_thread")

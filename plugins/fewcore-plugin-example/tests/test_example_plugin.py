@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fewcore.testing import check_backbone, check_learner
-
 from fewcore_example.components import FlatLinear, NearestNeighbour
 
 

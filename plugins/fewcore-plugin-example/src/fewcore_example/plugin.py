@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fewcore import hookimpl
 from fewcore.hookspecs import Register
-
 from fewcore_example.components import FlatLinear, NearestNeighbour
 
 
