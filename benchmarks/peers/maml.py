@@ -49,7 +49,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, ContextManager
+from typing import Callable
 
 import higher
 import torch
