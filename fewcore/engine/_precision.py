@@ -11,10 +11,10 @@ returns channels-last activations, so the format follows through the network by 
 ``"auto"`` is the fastest setting measured on each kind of device (benchmarks/README.md):
 
 - CPU: bfloat16 autocast when the CPU computes bfloat16 natively (AVX-512 BF16 or AMX; a
-  Conv4 training step at 28×28 ran 2.66× faster than float32 with channels-last, and the
-  evaluation forward 3.3×), float32 otherwise; channels-last always (1.45× alone in float32).
-  float16 autocast is allowed but not chosen: its backward ran about 100× slower than float32
-  on this CPU (torch 2.14.1).
+  ProtoNet Conv4 training step at 28×28 ran 2.4–2.8× faster than float32 channels-first with
+  channels-last, evaluation 3.8×), float32 otherwise; channels-last always (1.26× alone in
+  float32). float16 autocast is allowed but not chosen: it ran 74× slower than float32 on that
+  CPU (torch 2.14.1).
 - CUDA: float32 and the default (channels-first) format, as before these options existed: no
   GPU was available to measure a better default, so none is claimed.
 """
