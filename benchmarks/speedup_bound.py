@@ -34,10 +34,9 @@ import argparse
 import time
 from collections.abc import Callable
 
-import torch
-
 import attention_kernel_timing
 import test_bench_ops as bench
+import torch
 from distance_timing import bare_kernels, interleaved_medians
 
 TARGET = 3.0

@@ -34,7 +34,7 @@ def build_info() -> dict[str, Any]:
         return {}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load() -> BaseException | None:
     """Import ``fewcore._C`` once; return the error instead of raising it."""
     try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -129,13 +129,13 @@ def check_ops(devices: Sequence[str] | None = None, seed: int = 0) -> list[Check
                 cases: list[tuple[str, Callable[..., torch.Tensor], Callable[..., torch.Tensor], list[torch.Tensor]]] = [
                     (
                         "pairwise_distance",
-                        lambda x, y, code=code: _compiled.pairwise_distance(x, y, code, True, b),
+                        lambda x, y, code=code, b=b: _compiled.pairwise_distance(x, y, code, True, b),
                         lambda x, y, metric=metric: _reference.pairwise_distance(x, y, metric),
                         [q, s],
                     ),
                     (
                         "episode_attention",
-                        lambda x, y, z, code=code, t=temperature: _compiled.episode_attention(x, y, z, code, t, True, b),
+                        lambda x, y, z, code=code, t=temperature, b=b: _compiled.episode_attention(x, y, z, code, t, True, b),
                         lambda x, y, z, metric=metric, t=temperature: _reference.episode_attention(x, y, z, metric, t),
                         [q, s, v],
                     ),
@@ -145,7 +145,7 @@ def check_ops(devices: Sequence[str] | None = None, seed: int = 0) -> list[Check
                         tolerance = base_tolerance
                         if op == "episode_attention":
                             tolerance = max(base_tolerance, 64 * _EPS[dtype] * max_score)
-                        fields = {
+                        fields: dict[str, Any] = {
                             "op": op, "metric": metric, "device": device, "dtype": str(dtype).removeprefix("torch."),
                             "shape": shape, "tolerance": tolerance,
                         }

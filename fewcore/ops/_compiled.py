@@ -125,13 +125,13 @@ def _second_order(
     """
 
     def first_order(cot: torch.Tensor, *primals: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        _, vjp = torch.func.vjp(reference, *primals)
+        vjp = torch.func.vjp(reference, *primals)[1]
         return vjp(cot)
 
     # A backward run inside autocast must not lower the reference's products to float16/bfloat16
     # (the kernels exclude autocast the same way, csrc/include/fewcore/ops.h: NoAutocast).
     with torch.autocast(cotangent.device.type, enabled=False):
-        _, vjp = torch.func.vjp(first_order, cotangent, *inputs)
+        vjp = torch.func.vjp(first_order, cotangent, *inputs)[1]
         filled = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(inputs, grad_grads))
         return vjp(filled)
 
@@ -150,7 +150,7 @@ def _autograd_function(
     is given: the op's C++ autograd entry point (csrc/autograd.cpp), ~40 µs cheaper per
     forward+backward at episode sizes.
     """
-    function = type(
+    function: type[torch.autograd.Function] = type(
         name,
         (torch.autograd.Function,),
         {

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import torch
 
+from fewcore import Component
+from fewcore._plugins import PluginInfo
 from fewcore.config import Config
 from fewcore.engine import ResumeError, evaluate, load_checkpoint, train
 from fewcore.engine._build import build_dataset, build_learner
-from fewcore import Component
-from fewcore._plugins import PluginInfo
 from tests.engine._fakes import IndexSampler, fake_config_dict
 
 #: metrics that depend on the wall clock, not on what was computed

@@ -8,8 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fewcore.ops as ops
-from fewcore.ops import _compiled  # noqa: F401  (registers the torch.ops.fewcore ops called directly below)
-from fewcore.ops import reference
+from fewcore.ops import (
+    _compiled,  # noqa: F401  (registers the torch.ops.fewcore ops called directly below)
+    reference,
+)
 from tests.ops._inputs import DEVICES, DTYPES, LAYOUTS, leaf, make, tolerances
 
 

@@ -42,7 +42,7 @@ def test_func_grad_grad_of_grad_and_vmap_of_grad(make: Callable, metric: str) ->
         f = make(module, metric)
 
         def loss(query: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
-            return f(query, support, v[0]).sin().sum()
+            return f(query, support, v[0]).sin().sum()  # noqa: B023 (used within this iteration only)
 
         grad = torch.func.grad(loss, argnums=(0, 1))(q[0], s[0])
         grad_of_grad = torch.func.grad(lambda a: sum(g.sum() for g in torch.func.grad(loss, (0, 1))(a, s[0])))(q[0])

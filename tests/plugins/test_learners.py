@@ -16,10 +16,10 @@ from torch import Tensor
 
 import fewcore
 from fewcore import Backbone, Episode, Learner
-from fewcore.testing import random_episode
 from fewcore.plugins.backbones import MLP
 from fewcore.plugins.learners.matching import FullContextEmbedding, MatchingNetworks
 from fewcore.plugins.learners.protonet import PrototypicalNetworks, prototypes
+from fewcore.testing import random_episode
 
 
 class Flatten(Backbone):

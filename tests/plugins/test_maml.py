@@ -15,7 +15,6 @@ import fewcore
 from fewcore import Backbone, Episode
 from fewcore.plugins.learners.maml import MAML, MetaSGD, adapt
 
-
 # Tiny models: a second intra-op thread only adds synchronisation (see tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -20,7 +20,6 @@ from fewcore.plugins.learners.mann import (
     memory_step,
 )
 
-
 # Tiny models: a second intra-op thread only adds synchronisation (see tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -232,6 +232,9 @@ class MAML(Learner):
             dataset's); ``None`` uses the backbone's ``example_input_shape``.
     """
 
+    #: meta-training steps taken (a buffer, so a resumed run continues the warm-up schedule)
+    meta_training_steps: Tensor
+
     def __init__(
         self,
         backbone: Backbone,
@@ -290,7 +293,10 @@ class MAML(Learner):
 
     def _logits(self, params: Params, x: Tensor, n_way: int) -> Tensor:
         """``[n, *item_shape]`` → ``[n, n_way]`` logits of the classifier with parameters ``params``."""
-        return functional_call(self.model, (params, self._no_running_stats), (x,))[..., :n_way]
+        # A None buffer makes batch norm use batch statistics: functional_call accepts it, its
+        # annotation does not.
+        stats = (params, self._no_running_stats)
+        return functional_call(self.model, stats, (x,))[..., :n_way]  # type: ignore[arg-type]
 
     def _task_logits(
         self,
@@ -347,7 +353,7 @@ class MAML(Learner):
         # Without a recorded outer graph (evaluation) second-order terms are never needed.
         warming_up = self.training and int(self.meta_training_steps) < self.first_order_warmup
         first_order = self.first_order or warming_up or not torch.is_grad_enabled()
-        params = dict(self.model.named_parameters())
+        params: dict[str, Tensor] = dict(self.model.named_parameters())
         lrs = self.inner_lrs()
         support_x, query_x = self._in_model_memory_format(support_x), self._in_model_memory_format(query_x)
 

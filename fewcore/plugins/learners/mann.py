@@ -275,7 +275,8 @@ def evaluate_by_instance(
     learner.eval()
     try:
         with torch.no_grad():
-            for episode in itertools.takewhile(lambda _: seen < count, episodes):
+            # The predicate reads the running count on purpose: it stops the stream once enough are seen.
+            for episode in itertools.takewhile(lambda _: seen < count, episodes):  # noqa: B023
                 x, y, _ = episode_sequences(episode, generator)
                 take = min(count - seen, y.shape[0])
                 logits = learner.sequence_logits(x[:take], y[:take], episode.n_way)
