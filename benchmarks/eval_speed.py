@@ -9,7 +9,7 @@ Conv4 on 32×32 Omniglot, the test alphabets of images_background_small2, 5-way 
 order each round; time is the process's CPU time (one thread: the work, not the waiting), and
 the ratio is taken per round and summarized as median (min–max).
 
-    FEWCORE_OMNIGLOT=../shared/data/omniglot python benchmarks/eval_speed.py [--checkpoint RUN]
+    FEWCORE_DATA=DATA python benchmarks/eval_speed.py [--checkpoint RUN]
 
 ``--episodes`` per setting per round (default 100; the recipe uses 1,000, which takes 10 times
 as long at the same rate), ``--rounds`` (default 3), ``--threads`` (default 1). Without
@@ -42,15 +42,16 @@ def summary(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--omniglot", type=Path, default=os.environ.get("FEWCORE_OMNIGLOT"),
-                        help="the folder with images_background_small{1,2}.zip (default: $FEWCORE_OMNIGLOT)")
+    data = os.environ.get("FEWCORE_DATA")
+    parser.add_argument("--omniglot", type=Path, default=Path(data) / "omniglot" if data else None,
+                        help="the folder with images_background_small{1,2}.zip (default: $FEWCORE_DATA/omniglot)")
     parser.add_argument("--checkpoint", default=None, help="a checkpoint or run directory of the recipe")
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     if args.omniglot is None:
-        raise SystemExit("give the Omniglot folder with --omniglot or FEWCORE_OMNIGLOT")
+        raise SystemExit("give the Omniglot folder with --omniglot or FEWCORE_DATA (its omniglot/ subfolder)")
     torch.set_num_threads(args.threads)
     config = load_config(
         REPO / "configs" / "protonet_omniglot.toml",

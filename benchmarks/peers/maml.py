@@ -32,7 +32,7 @@ the step's cost, without the time spent waiting for a core). Printed per side: t
 round (the two steps of a round ran back to back) and summarized the same way.
 
     pip install -e '.[peers]'
-    python benchmarks/peers/maml.py --omniglot ../shared/data/omniglot/images_background_small1.zip
+    python benchmarks/peers/maml.py --omniglot DATA/omniglot/images_background_small1.zip
 
 ``--threads`` (default 1), ``--rounds`` (default 5), ``--cases 2nd-1,1st-1,2nd-5,1st-5``.
 Without ``--omniglot`` the generated ``glyphs`` dataset stands in (same shapes). Expect about

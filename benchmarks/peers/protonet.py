@@ -31,9 +31,9 @@ order; a ratio is taken per round (its sides ran back to back) and summarized as
 (min–max) over rounds.
 
     pip install -e '.[peers]'         # easyfsl, higher, torchvision
-    FEWCORE_OMNIGLOT=../shared/data/omniglot python benchmarks/peers/protonet.py
+    FEWCORE_DATA=DATA python benchmarks/peers/protonet.py
 
-``--omniglot`` (default ``$FEWCORE_OMNIGLOT``): ``images_background_small1.zip`` or the folder
+``--omniglot`` (default ``$FEWCORE_DATA/omniglot``): ``images_background_small1.zip`` or the folder
 holding it. ``--modes`` adds fewcore learner sides in other compute modes (each compared with
 float32 channels-first), e.g. ``--modes fp32:channels-last,bf16:channels-first``.
 ``--rounds`` (default 5), ``--steps`` (default 30), ``--threads`` (default 1).
@@ -75,9 +75,9 @@ ZIP_NAME = "images_background_small1.zip"
 
 
 def omniglot_zip(location: str | None) -> Path:
-    """``images_background_small1.zip`` from ``--omniglot`` or ``$FEWCORE_OMNIGLOT`` (the zip or its folder)."""
+    """``images_background_small1.zip`` from ``--omniglot`` or ``$FEWCORE_DATA/omniglot`` (the zip or its folder)."""
     if not location:
-        raise SystemExit(f"give the Omniglot data with --omniglot or FEWCORE_OMNIGLOT: {ZIP_NAME} or its folder")
+        raise SystemExit(f"give the Omniglot data with --omniglot or FEWCORE_DATA (its omniglot/ subfolder): {ZIP_NAME} or its folder")
     path = Path(location)
     path = path / ZIP_NAME if path.is_dir() else path
     if not path.is_file():
@@ -220,7 +220,8 @@ def summary(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--omniglot", default=os.environ.get("FEWCORE_OMNIGLOT"), help=f"{ZIP_NAME} or its folder")
+    data = os.environ.get("FEWCORE_DATA")
+    parser.add_argument("--omniglot", default=str(Path(data) / "omniglot") if data else None, help=f"{ZIP_NAME} or its folder")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30, help="episodes per side per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of every side's round")
