@@ -88,6 +88,13 @@ def build_sampler(
 
 def build_optimizer(train: TrainConfig, parameters: Any) -> torch.optim.Optimizer:
     """The optimizer named by ``train.optimizer``."""
+    parameters = list(parameters)
+    if not parameters:
+        raise ConfigError(
+            "the learner has no trainable parameters, so there is nothing to train: a frozen backbone "
+            "(e.g. backbone.freeze = true) under a learner without weights of its own (protonet, matching) "
+            "leaves none; unfreeze the backbone or pick a learner with trainable parts"
+        )
     if train.optimizer == "adam":
         return torch.optim.Adam(parameters, lr=train.lr, weight_decay=train.weight_decay)
     if train.optimizer == "adamw":

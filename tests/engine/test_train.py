@@ -11,9 +11,9 @@ import torch
 
 from fewcore import Component
 from fewcore._plugins import PluginInfo
-from fewcore.config import Config
+from fewcore.config import Config, ConfigError
 from fewcore.engine import ResumeError, evaluate, load_checkpoint, train
-from fewcore.engine._build import build_dataset, build_learner
+from fewcore.engine._build import build_dataset, build_learner, build_optimizer
 from tests.engine._fakes import IndexSampler, fake_config_dict
 
 #: metrics that depend on the wall clock, not on what was computed
@@ -186,3 +186,12 @@ def test_training_sampler_options_reach_only_the_training_sampler(fakes, tmp_pat
     train(Config.from_dict(data), progress=False)
     # The test sampler is built too, before the first step, to check the [eval] settings against the data.
     assert seen == {"train": {"flip": True, "seed": 3}, "val": {"flip": False, "seed": 1}, "test": {"flip": False, "seed": 2}}
+
+
+def test_a_learner_without_trainable_parameters_is_refused_before_training(tmp_path: Path) -> None:
+    # a frozen backbone under a learner with no weights of its own left torch's
+    # "optimizer got an empty parameter list" traceback
+    config = Config.from_dict(fake_config_dict(str(tmp_path)))
+    frozen = torch.nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(ConfigError, match="no trainable parameters"):
+        build_optimizer(config.train, [p for p in frozen.parameters() if p.requires_grad])
