@@ -347,7 +347,7 @@ def test_predict_with_a_corrupt_image(image_run: tuple[Path, Path], tmp_path: Pa
     bad = tmp_path / "query" / "photo.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n but the rest is missing")
     fails(capsys, ["predict", "--checkpoint", str(run), "--support", str(tmp_path / "support"), "--query", str(bad)],
-          f"cannot read image {bad}", "replace it with a PNG or JPEG file")
+          f"cannot decode image {bad}", "replace it with a PNG or JPEG file")
 
 
 @pytest.mark.parametrize("learner", ["protonet", "matching", "maml", "siamese", "mann"])

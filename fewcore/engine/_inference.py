@@ -6,9 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from fewcore._types import Learner
@@ -18,6 +16,7 @@ from fewcore.engine._checkpoint import MODEL_KEYS, load_checkpoint, load_weights
 from fewcore.engine._evaluate import EvalResult, evaluate
 from fewcore.engine._precision import ComputeMode
 from fewcore.engine._train import checkpoint_paths
+from fewcore.images import decode_image
 
 #: config sections that evaluation reads; an override of any other section would change nothing
 EVAL_SECTIONS = ("dataset", "sampler", "backbone", "learner", "eval")
@@ -123,24 +122,19 @@ def read_image(path: str | Path, item_shape: Sequence[int], invert: str = "auto"
             drawings that stroke datasets (glyphs, Omniglot) train on; ``"no"`` never inverts.
 
     Raises:
-        ValueError: ``item_shape`` is not an image shape, or ``invert`` is not yes/no/auto.
+        ValueError: ``item_shape`` is not an image shape, ``invert`` is not yes/no/auto, or the
+            file cannot be decoded (:func:`fewcore.images.decode_image`).
     """
     if len(item_shape) != 3 or item_shape[0] not in (1, 3):
         raise ValueError(f"the model takes items of shape {tuple(item_shape)}, not images (C, H, W) with C = 1 or 3")
     if invert not in ("yes", "no", "auto"):
         raise ValueError(f"invert must be yes, no or auto; got {invert!r}")
     channels, height, width = item_shape
-    try:
-        with Image.open(path) as image:
-            resized = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.BILINEAR)
-            array = np.asarray(resized, dtype=np.float32) / 255.0
-    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
-        raise ValueError(f"cannot read image {path} ({exc}); remove it or replace it with a PNG or JPEG file") from None
-    tensor = torch.from_numpy(array.copy())
-    tensor = tensor[None] if channels == 1 else tensor.permute(2, 0, 1)
-    if invert == "yes" or (invert == "auto" and channels == 1 and float(tensor.mean()) > 0.5):
-        tensor = 1.0 - tensor
-    return tensor.contiguous()
+    # Decoded as the image datasets decode their files, so a query looks like the training images.
+    image = decode_image(path, (height, width), channels)
+    if invert == "yes" or (invert == "auto" and channels == 1 and float(image.float().mean()) > 127.5):
+        image = 255 - image
+    return image.float().div_(255.0)
 
 
 def _images_in(folder: Path) -> list[Path]:

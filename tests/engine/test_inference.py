@@ -86,6 +86,17 @@ def test_read_image(tmp_path: Path) -> None:
         read_image(tmp_path / "a.png", (8,))
 
 
+@pytest.mark.parametrize(("channels", "invert"), [(1, True), (3, False)])
+def test_read_image_decodes_like_the_folder_dataset(tmp_path: Path, channels: int, invert: bool) -> None:
+    _png(tmp_path / "data" / "stroke" / "a.png", ink_on_white=True, size=37, color=channels == 3)
+    dataset = fewcore.create(
+        "dataset", "folder", root=str(tmp_path / "data"), image_size=(20, 24), channels=channels, invert=invert,
+        disk_cache=False,
+    )
+    query = read_image(tmp_path / "data" / "stroke" / "a.png", (channels, 20, 24), invert="yes" if invert else "no")
+    assert torch.equal(query, dataset.items("stroke")[0]), "a query is read exactly as the training images"
+
+
 def test_read_support_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not exist"):
         read_support(tmp_path / "none", (1, 28, 28))

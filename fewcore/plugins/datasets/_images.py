@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import logging
 import os
 import zipfile
@@ -20,11 +19,10 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Mapping, Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
+from fewcore.images import decode_image
 from fewcore.paths import resolve_data_path
 
 logger = logging.getLogger(__name__)
@@ -41,20 +39,6 @@ def default_cache_dir() -> Path:
     if "FEWCORE_CACHE" in os.environ:
         return Path(os.environ["FEWCORE_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fewcore"
-
-
-def _decode(data: bytes | Path, name: str, size: tuple[int, int], channels: int, invert: bool) -> np.ndarray:
-    """One image as ``[C, H, W]`` uint8, resized to ``size`` (H, W) with antialiasing."""
-    try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as opened:
-            mode = "L" if channels == 1 else "RGB"
-            resized = opened.convert(mode).resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            array = np.asarray(resized, dtype=np.uint8)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot decode image {name}: {exc}") from exc
-    if invert:
-        array = 255 - array
-    return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
 def _read_member(archive: zipfile.ZipFile, name: str, source: Path) -> bytes:
@@ -261,22 +245,23 @@ def _load(
             with zipfile.ZipFile(source) as archive:
                 members = _zip_members(archive, zip_depth)
                 tree = {
-                    cls: _stack([_decode(_read_member(archive, m, source), f"{source}:{m}", size, channels, invert) for m in sorted(names)])
+                    cls: torch.stack(
+                        [
+                            decode_image(_read_member(archive, m, source), size, channels, invert, name=f"{source}:{m}")
+                            for m in sorted(names)
+                        ]
+                    )
                     for cls, names in sorted(members.items())
                 }
         else:
             tree = {
-                cls: _stack([_decode(p, str(p), size, channels, invert) for p in paths])
+                cls: torch.stack([decode_image(p, size, channels, invert) for p in paths])
                 for cls, paths in sorted(files.items())
             }
         if cache_file is not None and tree:
             _write_cache(cache_file, fingerprint, tree)
     _memory[key] = (fingerprint, tree)
     return tree
-
-
-def _stack(images: list[np.ndarray]) -> Tensor:
-    return torch.from_numpy(np.stack(images))
 
 
 def _read_cache(path: Path, fingerprint: str) -> dict[str, Tensor] | None:
