@@ -37,7 +37,8 @@ import fewcore
 from fewcore.config import load_config
 from fewcore.engine import evaluate, load_model, train
 from fewcore.engine._build import build_dataset, build_sampler, resolve_device
-from fewcore.plugins.learners.mann import MANN, evaluate_by_instance
+from fewcore.plugins.learners.mann import MANN
+from fewcore.plugins.learners.mann_protocol import evaluate_by_instance
 
 REPO = Path(__file__).resolve().parent.parent
 #: the Omniglot subsets by default: omniglot/ of the data folder, as the configs lay it out

@@ -12,13 +12,12 @@ import fewcore
 from fewcore import Episode
 from fewcore.plugins.learners.mann import (
     MANN,
-    accuracy_by_instance,
     episode_sequences,
-    evaluate_by_instance,
     initial_memory,
     least_used_weights,
     memory_step,
 )
+from fewcore.plugins.learners.mann_protocol import accuracy_by_instance, evaluate_by_instance
 
 # Tiny models: a second intra-op thread only adds synchronisation (see tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("one_thread")
