@@ -11,34 +11,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import fewcore
-from fewcore import Backbone, Episode
+from fewcore import Episode
 from fewcore.plugins.learners.anil import ANIL
 from fewcore.plugins.learners.maml import MAML
 from fewcore.testing import random_episode
+from tests.plugins._backbones import Flat
 from tests.plugins._learning import glyph_accuracy_before_and_after
 
 # Tiny models: a second intra-op thread only adds synchronisation (see tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 F64 = torch.float64
-
-
-class Flat(Backbone):
-    """No parameters: with it, every parameter of ANIL and MAML is in the head."""
-
-    def __init__(self, features: int) -> None:
-        super().__init__()
-        self.features = features
-
-    @property
-    def example_input_shape(self) -> tuple[int, ...]:
-        return (self.features,)
-
-    def embedding_size(self, input_shape: tuple[int, ...]) -> int:
-        return math.prod(input_shape)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x.flatten(1)
 
 
 class CountingMLP(Flat):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Any
 
 import pytest
@@ -14,30 +13,13 @@ from torch import Tensor, nn
 import fewcore
 from fewcore import Backbone, Episode
 from fewcore.plugins.learners.maml import MAML, MetaSGD, adapt
+from tests.plugins._backbones import Flat
 
 # Tiny models: a second intra-op thread only adds synchronisation (see tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 F64 = torch.float64
-
-
-class Flat(Backbone):
-    """No parameters: items flattened, so the learner is a linear softmax classifier."""
-
-    def __init__(self, features: int) -> None:
-        super().__init__()
-        self.features = features
-
-    @property
-    def example_input_shape(self) -> tuple[int, ...]:
-        return (self.features,)
-
-    def embedding_size(self, input_shape: tuple[int, ...]) -> int:
-        return math.prod(input_shape)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x.flatten(1)
 
 
 class TinyConv(Backbone):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import pytest
 import torch
@@ -11,33 +10,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import fewcore
-from fewcore import Backbone, Episode
+from fewcore import Episode
 from fewcore.plugins.learners.reptile import ADAM_BETAS, ADAM_EPS, Reptile
 from fewcore.testing import random_episode
+from tests.plugins._backbones import Flat
 from tests.plugins._learning import glyph_accuracy_before_and_after
 
 # Tiny models: a second intra-op thread only adds synchronisation (see tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 F64 = torch.float64
-
-
-class Flat(Backbone):
-    """No parameters: the learner is a linear softmax classifier, whose gradient is known in closed form."""
-
-    def __init__(self, features: int) -> None:
-        super().__init__()
-        self.features = features
-
-    @property
-    def example_input_shape(self) -> tuple[int, ...]:
-        return (self.features,)
-
-    def embedding_size(self, input_shape: tuple[int, ...]) -> int:
-        return math.prod(input_shape)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x.flatten(1)
 
 
 def _f64(episode: Episode) -> Episode:

@@ -105,6 +105,21 @@ def auto_vmaps(device: torch.device) -> bool:
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
+def running_statistics_off(model: nn.Module) -> dict[str, Tensor | None]:
+    """Every batch-norm buffer of ``model`` mapped to None, for :func:`torch.func.functional_call`.
+
+    Passed with the parameters of a functional call, it makes batch norm normalize with batch
+    statistics and never touch its buffers, as an inner loop over one task must.
+    """
+    return {
+        f"{module_name}.{buffer}" if module_name else buffer: None
+        for module_name, module in model.named_modules()
+        if isinstance(module, _BATCH_NORMS)
+        for buffer, value in module.named_buffers(recurse=False)
+        if value is not None
+    }
+
+
 def adapt(
     loss: Callable[[Params], Tensor],
     params: Params,
@@ -272,15 +287,7 @@ class MAML(Learner):
         self.register_buffer("meta_training_steps", torch.zeros((), dtype=torch.long))
         self.task_batching: TaskBatching = task_batching
         self.tasks_per_vmap = tasks_per_vmap
-        # Batch-norm running statistics are replaced by None in every functional call, which
-        # makes batch norm use batch statistics and never touch its buffers.
-        self._no_running_stats: dict[str, Tensor | None] = {
-            f"{module_name}.{buffer}" if module_name else buffer: None
-            for module_name, module in self.model.named_modules()
-            if isinstance(module, _BATCH_NORMS)
-            for buffer, value in module.named_buffers(recurse=False)
-            if value is not None
-        }
+        self._no_running_stats = running_statistics_off(self.model)
 
     @property
     def backbone(self) -> Backbone:

@@ -50,7 +50,7 @@ from torch.func import functional_call, grad, vmap
 
 from fewcore import Backbone, Episode, Learner, LearnerOutput
 from fewcore.episodes import check_episode, check_task_batch
-from fewcore.plugins.learners.maml import CPU_TASKS_PER_VMAP, Params
+from fewcore.plugins.learners.maml import CPU_TASKS_PER_VMAP, Params, running_statistics_off
 
 InnerOptimizer = Literal["sgd", "adam"]
 TaskBatching = Literal["vmap", "loop"]
@@ -60,8 +60,6 @@ TaskBatching = Literal["vmap", "loop"]
 ADAM_BETAS = (0.0, 0.999)
 #: Adam's ε (the paper's TensorFlow default)
 ADAM_EPS = 1e-8
-
-_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def inner_loop(
@@ -155,15 +153,7 @@ class Reptile(Learner):
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
         self.task_batching: TaskBatching = task_batching
         self.tasks_per_vmap = tasks_per_vmap
-        # Batch-norm running statistics replaced by None in every functional call: batch norm
-        # then normalizes with batch statistics and never touches its buffers.
-        self._no_running_stats: dict[str, Tensor | None] = {
-            f"{module_name}.{buffer}": None
-            for module_name, module in self.model.named_modules()
-            if isinstance(module, _BATCH_NORMS)
-            for buffer, value in module.named_buffers(recurse=False)
-            if value is not None
-        }
+        self._no_running_stats = running_statistics_off(self.model)
 
     @property
     def backbone(self) -> Backbone:
