@@ -317,9 +317,10 @@ def _train(
             episode = episode.to(device)
             with compute.autocast():
                 output = learner(episode)
-            if not torch.isfinite(output.loss):
+            loss = output.loss.item()  # the step's one device sync: checked here, logged below
+            if not math.isfinite(loss):
                 raise DivergedError(
-                    f"the training loss is {output.loss.item()} at step {step + 1} of the run in {run_dir}, so training "
+                    f"the training loss is {loss} at step {step + 1} of the run in {run_dir}, so training "
                     "cannot go on: lower train.lr or set train.grad_clip (e.g. 10), then start the run over with "
                     "--overwrite (train(..., overwrite=True))"
                 )
@@ -337,7 +338,6 @@ def _train(
             accuracies = episode_accuracy(output.logits.detach(), episode.query_y)
             seconds = time.perf_counter() - started
             elapsed += seconds
-            loss = output.loss.item()
             window.add(loss, accuracies, seconds)
             recent.append((loss, float(accuracies.mean()), accuracies.numel(), seconds))
 
