@@ -6,7 +6,9 @@ passes run under :meth:`ComputeMode.autocast`, and training scales its loss with
 :meth:`ComputeMode.grad_scaler` (a no-op except in float16). Models never see these options:
 autocast picks the dtype of each ATen op (convolutions and products in 16 bits, reductions
 and the fused distance ops in float32), and a convolution whose weight is channels-last
-returns channels-last activations, so the format follows through the network by itself.
+returns channels-last activations, so the format follows through the network by itself. A
+learner that computes with weights of its own making (MAML's adapted weights) keeps their
+format itself: a 1-channel input is both formats, so the first adapted layer would lose it.
 
 ``"auto"`` is the fastest setting measured on each kind of device (benchmarks/README.md):
 
